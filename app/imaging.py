@@ -1,0 +1,166 @@
+"""The single definition of how image bytes become a model input.
+
+Serving calls `decode_image` on every upload; training calls the same function on every
+dataset file, so the two cannot drift apart. Bump `PREPROCESSING_VERSION` whenever the
+output of `decode_image` changes for any input: the model card records the version the
+model was trained with and the service refuses a model trained with another one.
+
+Contract of `decode_image(data)`:
+  1. the bytes must be a single-frame JPEG, PNG, TIFF, BMP or WebP image, otherwise
+     `UnsupportedImageError`; bytes that claim a format but do not decode fully raise
+     `CorruptImageError`; more than `max_pixels` pixels raise `ImageTooLargeError`, checked
+     from the header before any pixel is decoded (decompression bombs);
+  2. the EXIF orientation tag is applied;
+  3. the mode is converted to 8-bit RGB: transparency is composited over white (a smear's
+     background is bright), 16-bit and 32-bit grey is scaled to 0..255 by its bit depth,
+     CMYK goes through Pillow's conversion;
+  4. a non-square image is centre-cropped to its largest centred square (resizing a
+     rectangle to a square would stretch the cells, and cell shape is what the model reads);
+  5. the square is resized to 224x224 with Pillow's antialiased bilinear filter. Large JPEGs
+     are first decoded at a reduced DCT scale (Pillow's draft mode) to a size still at least
+     twice the target, which keeps the antialiasing and saves most of the decode time.
+  Returns a C-contiguous uint8 array of shape (224, 224, 3), RGB.
+
+Exceptions:
+    ImageDecodeError
+      +-- UnsupportedImageError  (not an image we accept: 415)
+      +-- CorruptImageError      (truncated or damaged: 400)
+      +-- ImageTooLargeError     (too many pixels: 413)
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+PREPROCESSING_VERSION = "1"
+IMAGE_SIZE = 224
+SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "TIFF", "BMP", "WEBP"})
+DEFAULT_MAX_PIXELS = 40_000_000  # a 7,000 x 5,700 camera frame; far above any smear photo
+
+# We enforce our own pixel limit before decoding; Pillow's own check would only warn.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageDecodeError(ValueError):
+    """Bytes that cannot become a model input; `reason` is a stable machine-readable code."""
+
+    reason = "invalid_image"
+
+
+class UnsupportedImageError(ImageDecodeError):
+    reason = "unsupported_format"
+
+
+class CorruptImageError(ImageDecodeError):
+    reason = "corrupt_image"
+
+
+class ImageTooLargeError(ImageDecodeError):
+    reason = "too_many_pixels"
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes to the model's uint8 RGB input of shape (224, 224, 3).
+
+    Args:
+        data: the encoded file, as received.
+        max_pixels: refuse images whose header declares more pixels than this.
+    """
+    if not data:
+        raise CorruptImageError("the file is empty (0 bytes)")
+    image = _open(data, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns on odd EXIF; we handle failures
+            image = _apply_orientation(image)
+            rgb = _to_rgb(image)
+            return _square_resize(rgb)
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        if isinstance(err, ImageDecodeError):
+            raise
+        raise CorruptImageError(f"the {image.format or 'image'} data is damaged or truncated: {err}") from err
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as err:
+        raise UnsupportedImageError(
+            "the file is not a recognised image; send JPEG, PNG, TIFF, BMP or WebP"
+        ) from err
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise CorruptImageError(f"the image header is damaged: {err}") from err
+    if image.format not in SUPPORTED_FORMATS:
+        raise UnsupportedImageError(
+            f"{image.format} images are not accepted; send JPEG, PNG, TIFF, BMP or WebP"
+        )
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise CorruptImageError(f"the image declares an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"the image has {width}x{height} = {width * height:,} pixels, "
+            f"more than the limit of {max_pixels:,}"
+        )
+    if getattr(image, "n_frames", 1) > 1:
+        raise UnsupportedImageError(
+            f"the image has {image.n_frames} frames (animated or multi-page); send one frame per file"
+        )
+    if image.format == "JPEG":
+        # Decode at a reduced DCT scale, keeping at least twice the target size.
+        image.draft(image.mode, (2 * IMAGE_SIZE, 2 * IMAGE_SIZE))
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise CorruptImageError(f"the {image.format} data is damaged or truncated: {err}") from err
+    return image
+
+
+def _apply_orientation(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except (KeyError, TypeError, ValueError, OSError, SyntaxError):
+        # An unreadable EXIF block: the pixels are still fine, keep them as stored.
+        return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in {"RGBA", "LA", "PA", "RGBa", "La"} or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode.startswith("I;16") or mode in {"I", "F"}:
+        return _wide_grey_to_rgb(image)
+    return image.convert("RGB")
+
+
+def _wide_grey_to_rgb(image: Image.Image) -> Image.Image:
+    """Scale 16-bit, 32-bit integer or float grey to 8 bits by its bit depth, not by clipping."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F" and values.size and float(np.nanmax(values)) <= 1.0:
+        scaled = values * 255.0  # float images in 0..1
+    elif image.mode.startswith("I;16") or (values.size and float(values.max()) <= 65535):
+        scaled = values / 257.0  # 65535 -> 255
+    else:
+        scaled = values / 16843009.0  # 2**32 - 1 -> 255
+    grey = np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def _square_resize(image: Image.Image) -> np.ndarray:
+    width, height = image.size
+    side = min(width, height)
+    if width != height:
+        left = (width - side) // 2
+        top = (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    if side != IMAGE_SIZE:
+        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))

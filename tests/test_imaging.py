@@ -1,0 +1,176 @@
+"""The decode contract of app.imaging.decode_image, pinned by golden values."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.cli import default_data_dir
+from app.imaging import (
+    IMAGE_SIZE,
+    CorruptImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+    decode_image,
+)
+
+
+@pytest.fixture
+def dataset_dir() -> Path:
+    root = default_data_dir()
+    assert root.is_dir(), f"the dataset is not at {root}; set DSCNET_DATA_DIR"
+    return root
+
+
+def gradient(width: int, height: int) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x * 255 // (width - 1), y * 255 // (height - 1), (x + y) * 255 // (width + height - 2)],
+                    axis=-1).astype(np.uint8)
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header is rewritten to declare width x height (a decompression bomb)."""
+    data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return bytes(data)
+
+
+def test_square_224_image_passes_through_unchanged():
+    source = gradient(IMAGE_SIZE, IMAGE_SIZE)
+    out = decode_image(encode(Image.fromarray(source), "PNG"))
+    assert out.dtype == np.uint8 and out.shape == (224, 224, 3) and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, source)
+
+
+def test_rectangle_is_centre_cropped_then_resized_golden():
+    out = decode_image(encode(Image.fromarray(gradient(300, 200)), "PNG"))
+    # The centred 200x200 square starts at column 50: red there is 50 * 255 // 299 = 42.
+    assert out[0, 0].tolist() == [42, 0, 25]
+    assert out[111, 111].tolist() == [127, 126, 126]
+    assert out[223, 223].tolist() == [212, 255, 229]
+    assert int(out.sum(dtype=np.int64)) == 19117435
+
+
+def test_large_jpeg_uses_reduced_decode_and_keeps_the_picture():
+    big = np.kron(gradient(250, 200), np.ones((8, 8, 1), dtype=np.uint8))  # 2000x1600
+    out = decode_image(encode(Image.fromarray(big), "JPEG", quality=95))
+    direct = np.asarray(Image.fromarray(big[:, 200:1800]).resize((224, 224), Image.Resampling.BILINEAR))
+    assert np.abs(out.astype(int) - direct.astype(int)).mean() < 2.0
+
+
+def test_alpha_is_composited_over_white():
+    rgba = np.zeros((224, 224, 4), dtype=np.uint8)
+    rgba[..., 0] = 200
+    rgba[:112, :, 3] = 0  # top half fully transparent
+    rgba[112:, :, 3] = 255
+    out = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert out[0, 0].tolist() == [255, 255, 255]
+    assert out[200, 0].tolist() == [200, 0, 0]
+
+
+def test_palette_with_transparency_is_composited_over_white():
+    image = Image.new("P", (224, 224), 0)
+    image.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    image.paste(1, (0, 0, 224, 100))
+    out = decode_image(encode(image, "PNG", transparency=0))
+    assert out[0, 0].tolist() == [10, 20, 30]
+    assert out[200, 200].tolist() == [255, 255, 255]
+
+
+def test_sixteen_bit_grey_is_scaled_by_bit_depth_not_clipped():
+    values = np.full((224, 224), 65535, dtype=np.uint16)
+    values[:, :112] = 32896  # 128 * 257
+    out = decode_image(encode(Image.fromarray(values), "PNG"))
+    assert out[0, 0].tolist() == [128, 128, 128]
+    assert out[0, 200].tolist() == [255, 255, 255]
+
+
+def test_grayscale_becomes_three_equal_channels():
+    out = decode_image(encode(Image.fromarray(gradient(224, 224)[..., 0]), "PNG"))
+    np.testing.assert_array_equal(out[..., 0], out[..., 1])
+    np.testing.assert_array_equal(out[..., 1], out[..., 2])
+
+
+def test_cmyk_jpeg_is_converted_to_rgb():
+    cyan = Image.new("CMYK", (224, 224), (255, 0, 0, 0))
+    red, green, blue = decode_image(encode(cyan, "JPEG", quality=95))[100, 100].tolist()
+    assert red < 30 and green > 225 and blue > 225
+
+
+def test_exif_orientation_is_applied():
+    pixels = np.zeros((224, 224, 3), dtype=np.uint8)
+    pixels[:20, :20] = 255  # a white mark in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the stored picture must be turned 90 degrees clockwise for display
+    out = decode_image(encode(Image.fromarray(pixels), "JPEG", quality=95, exif=exif.tobytes()))
+    assert out[5, 218].mean() > 200  # the mark is now top-right
+    assert out[5, 5].mean() < 50
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "BMP", "WEBP"])
+def test_other_supported_formats_decode(fmt):
+    source = gradient(224, 224)
+    options = {"lossless": True} if fmt == "WEBP" else {}
+    out = decode_image(encode(Image.fromarray(source), fmt, **options))
+    np.testing.assert_array_equal(out, source)
+
+
+def test_empty_bytes_are_refused():
+    with pytest.raises(CorruptImageError, match="empty"):
+        decode_image(b"")
+
+
+def test_text_is_not_an_image():
+    with pytest.raises(UnsupportedImageError, match="not a recognised image"):
+        decode_image(b"patient,result\n1,ALL\n")
+
+
+def test_gif_is_not_accepted():
+    with pytest.raises(UnsupportedImageError, match="GIF"):
+        decode_image(encode(Image.new("RGB", (10, 10)), "GIF"))
+
+
+def test_multi_page_tiff_is_refused():
+    pages = [Image.new("RGB", (32, 32), (i * 50, 0, 0)) for i in range(3)]
+    data = encode(pages[0], "TIFF", save_all=True, append_images=pages[1:])
+    with pytest.raises(UnsupportedImageError, match="3 frames"):
+        decode_image(data)
+
+
+def test_truncated_jpeg_is_corrupt():
+    data = encode(Image.fromarray(gradient(224, 224)), "JPEG", quality=90)
+    with pytest.raises(CorruptImageError):
+        decode_image(data[: len(data) // 2])
+
+
+def test_pixel_bomb_is_refused_before_decoding():
+    with pytest.raises(ImageTooLargeError, match="2,500,000,000 pixels"):
+        decode_image(png_declaring(50_000, 50_000))
+
+
+def test_pixel_limit_is_configurable():
+    data = encode(Image.new("RGB", (300, 300)), "PNG")
+    with pytest.raises(ImageTooLargeError):
+        decode_image(data, max_pixels=300 * 300 - 1)
+    assert decode_image(data, max_pixels=300 * 300).shape == (224, 224, 3)
+
+
+def test_dataset_jpeg_decodes_to_its_own_pixels(dataset_dir: Path):
+    path = next((dataset_dir / "Pre").glob("*.jpg"))
+    out = decode_image(path.read_bytes())
+    with Image.open(path) as image:
+        np.testing.assert_array_equal(out, np.asarray(image.convert("RGB")))
