@@ -1,0 +1,1 @@
+"""HTTP routes, split by concern: predictions, and health / model / metrics."""

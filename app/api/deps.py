@@ -1,0 +1,92 @@
+"""The service's shared state and the typed dependencies routes ask for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.requests import ClientDisconnect
+
+from app.classifier import OnnxClassifier
+from app.errors import ModelNotReadyError
+from app.metrics import Metrics
+from app.settings import Settings
+from app.uploads import MalformedUploadError, Upload, UploadLimits, check_declared_size, read_uploads
+
+# Room for the multipart boundaries and part headers around a single file at its limit.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+@dataclass
+class ServiceState:
+    """What the lifespan sets up and the routes read; `ready` flips only after warm-up."""
+
+    metrics: Metrics
+    settings: Settings | None = None
+    classifier: OnnxClassifier | None = None
+    ready: bool = False
+    not_ready_reason: str = "the model is not loaded yet"
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def get_classifier(state: StateDep) -> OnnxClassifier:
+    if not state.ready or state.classifier is None:
+        raise ModelNotReadyError(state.not_ready_reason)
+    return state.classifier
+
+
+ClassifierDep = Annotated[OnnxClassifier, Depends(get_classifier)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    if state.settings is None:
+        raise ModelNotReadyError(state.not_ready_reason)
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def _read(request: Request, limits: UploadLimits) -> list[Upload]:
+    boundary = check_declared_size(
+        request.headers.get("content-type"), request.headers.get("content-length"), limits
+    )
+    try:
+        return await read_uploads(request.stream(), boundary, limits)
+    except ClientDisconnect as err:
+        raise MalformedUploadError("the client disconnected before the body was complete", limits.field) from err
+
+
+async def read_image_upload(request: Request, settings: SettingsDep) -> Upload:
+    """The single file in field `image` of a /predict request."""
+    limits = UploadLimits(
+        field="image",
+        max_files=1,
+        max_file_bytes=settings.max_upload_bytes,
+        max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+    )
+    (upload,) = await _read(request, limits)
+    return upload
+
+
+async def read_batch_uploads(request: Request, settings: SettingsDep) -> list[Upload]:
+    """The files in field `images` of a /predict-batch request, in the order sent."""
+    limits = UploadLimits(
+        field="images",
+        max_files=settings.max_batch_images,
+        max_file_bytes=settings.max_upload_bytes,
+        max_body_bytes=settings.max_batch_bytes,
+        per_file_errors=True,
+    )
+    return await _read(request, limits)
+
+
+ImageUploadDep = Annotated[Upload, Depends(read_image_upload)]
+BatchUploadsDep = Annotated[list[Upload], Depends(read_batch_uploads)]

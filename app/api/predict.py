@@ -1,0 +1,147 @@
+"""POST /predict and POST /predict-batch.
+
+The routes are plain `def`: FastAPI runs them in its thread pool, so decoding and inference
+never block the event loop. The uploads are read before, asynchronously, by the dependencies.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from time import perf_counter
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from app.api.deps import (
+    BatchUploadsDep,
+    ClassifierDep,
+    ImageUploadDep,
+    ServiceState,
+    SettingsDep,
+    StateDep,
+)
+from app.classifier import OnnxClassifier
+from app.errors import status_for
+from app.pipeline import BatchOutcome, classify_uploads
+from app.schemas import (
+    BATCH_EXAMPLE,
+    PREDICTION_EXAMPLE,
+    BatchItem,
+    BatchPrediction,
+    ItemError,
+    ModelRef,
+    Prediction,
+    SubtypeProbabilities,
+    TimingMs,
+    error_responses,
+)
+
+router = APIRouter(tags=["prediction"])
+
+_IMAGE_TYPES = "image/jpeg, image/png, image/tiff, image/bmp, image/webp"
+
+
+def _upload_body(field: str, many: bool) -> dict[str, Any]:
+    """The multipart request body for OpenAPI; the routes parse it themselves (see app.uploads)."""
+    file_schema: dict[str, Any] = {"type": "string", "format": "binary"}
+    schema = {"type": "array", "items": file_schema} if many else file_schema
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": [field], "properties": {field: schema}},
+        "encoding": {field: {"contentType": _IMAGE_TYPES}},
+    }}}}
+
+
+def _ok(example: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    return {200: {"content": {"application/json": {"example": example}}}}
+
+
+@router.post(
+    "/predict",
+    response_model=Prediction,
+    responses={**_ok(PREDICTION_EXAMPLE), **error_responses("image")},
+    openapi_extra=_upload_body("image", many=False),
+)
+def predict(
+    request: Request, state: StateDep, classifier: ClassifierDep, settings: SettingsDep, upload: ImageUploadDep
+) -> Prediction:
+    """Classify one image sent as multipart/form-data in the field `image`."""
+    outcome = classify_uploads(classifier, [upload], max_pixels=settings.max_pixels)
+    timing = _timing(request, outcome)
+    _record(request, state, "/predict", outcome, timing)
+    item = outcome.items[0]
+    if item.error is not None:
+        raise item.error  # the error handlers turn it into its 400/413/415/422 body
+    return Prediction(
+        request_id=request.state.request_id,
+        label=item.label,
+        probabilities=SubtypeProbabilities(**item.probabilities),
+        model=_model_ref(classifier),
+        timing_ms=timing,
+    )
+
+
+@router.post(
+    "/predict-batch",
+    response_model=BatchPrediction,
+    response_model_exclude_none=True,
+    responses={**_ok(BATCH_EXAMPLE), **error_responses("images")},
+    openapi_extra=_upload_body("images", many=True),
+)
+def predict_batch(
+    request: Request, state: StateDep, classifier: ClassifierDep, settings: SettingsDep, uploads: BatchUploadsDep
+) -> BatchPrediction:
+    """Classify several images (field `images`, repeated) in one model run; results in the order sent."""
+    outcome = classify_uploads(classifier, uploads, max_pixels=settings.max_pixels)
+    timing = _timing(request, outcome)
+    _record(request, state, "/predict-batch", outcome, timing)
+    results = []
+    for index, item in enumerate(outcome.items):
+        result = BatchItem(index=index, filename=item.filename, label=item.label)
+        if item.probabilities is not None:
+            result.probabilities = SubtypeProbabilities(**item.probabilities)
+        if item.error is not None:
+            result.error = ItemError(status=status_for(item.error), code=item.error.reason, detail=str(item.error))
+        results.append(result)
+    return BatchPrediction(
+        request_id=request.state.request_id,
+        model=_model_ref(classifier),
+        timing_ms=timing,
+        count=len(results),
+        failed=sum(r.error is not None for r in results),
+        results=results,
+    )
+
+
+def _model_ref(classifier: OnnxClassifier) -> ModelRef:
+    identity = classifier.identity
+    return ModelRef(name=identity.name, version=identity.version, sha256=identity.sha256)
+
+
+def _timing(request: Request, outcome: BatchOutcome) -> TimingMs:
+    return TimingMs(
+        decode=round(outcome.decode_seconds * 1000, 3),
+        inference=round(outcome.inference_seconds * 1000, 3),
+        total=round((perf_counter() - request.state.started) * 1000, 3),
+    )
+
+
+def _record(request: Request, state: ServiceState, endpoint: str, outcome: BatchOutcome, timing: TimingMs) -> None:
+    """Metrics and log fields for the outcome: counts, labels and reasons, never image content."""
+    metrics = state.metrics
+    metrics.stage_seconds.labels(endpoint, "decode").observe(outcome.decode_seconds)
+    if outcome.batch_size:
+        metrics.stage_seconds.labels(endpoint, "inference").observe(outcome.inference_seconds)
+        metrics.batch_size.observe(outcome.batch_size)
+    labels = Counter(item.label for item in outcome.items if item.label is not None)
+    reasons = Counter(item.error.reason for item in outcome.items if item.error is not None)
+    for label, count in labels.items():
+        metrics.predictions.labels(label).inc(count)
+    for reason, count in reasons.items():
+        metrics.rejected.labels(reason).inc(count)
+    request.state.log.update(
+        images=len(outcome.items),
+        labels=dict(labels),
+        rejected=dict(reasons),
+        decode_ms=timing.decode,
+        inference_ms=timing.inference,
+    )

@@ -1,0 +1,152 @@
+"""The ONNX model behind the service: load it only after it is verified, then classify batches.
+
+`load_classifier` refuses to return a model it could not verify: the card must be valid and
+match this service, the file's sha256 must equal the card's, the session's input and output
+must be the ones the card names, and a warm-up batch must give one probability row per
+image. The session is built from the very bytes that were hashed, so the file cannot change
+between the check and the load.
+
+Exceptions:
+    ModelLoadError      (any reason the model cannot be served; the message says which)
+    ModelOutputError    (the model returned something that is not a probability row: a server fault)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from app.imaging import IMAGE_SIZE
+from app.labels import CLASS_IDS
+from app.model_card import ModelCard, ModelCardError, load_model_card
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be served."""
+
+
+class ModelOutputError(RuntimeError):
+    """The model's output is not a batch of probability rows."""
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    name: str
+    version: str
+    sha256: str
+
+
+class OnnxClassifier:
+    """Runs the verified ONNX session on uint8 image batches; safe to share between threads."""
+
+    def __init__(self, session: ort.InferenceSession, card: ModelCard, raw_card: dict[str, Any]) -> None:
+        self.session = session
+        self.card = card
+        self.raw_card = raw_card
+        self.identity = ModelIdentity(card.name, card.version, card.sha256)
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = card.output.name
+        # One run at a time: each run already spreads over every usable CPU, so concurrent
+        # runs only contend. Adaptive micro-batching would replace this lock with a queue.
+        self._lock = threading.Lock()
+
+    def predict_batch(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape (N, 4) float64 rows summing to 1.
+
+        Args:
+            images: uint8 array (N, 224, 224, 3), RGB, as `decode_image` returns them stacked.
+        """
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            raise ValueError(f"expected uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3), got {images.dtype} {images.shape}")
+        batch = images.astype(np.float32)  # the model takes raw 0..255 pixels
+        with self._lock:
+            (output,) = self.session.run([self.output_name], {self.input_name: batch})
+        return _check_probabilities(np.asarray(output, dtype=np.float64), len(images))
+
+    def warm_up(self) -> None:
+        """One inference on a grey image: allocates buffers and proves the model runs."""
+        self.predict_batch(np.full((1, IMAGE_SIZE, IMAGE_SIZE, 3), 128, dtype=np.uint8))
+
+
+def _check_probabilities(output: np.ndarray, count: int) -> np.ndarray:
+    if output.shape != (count, len(CLASS_IDS)):
+        raise ModelOutputError(f"the model returned shape {output.shape}, expected ({count}, {len(CLASS_IDS)})")
+    if not np.all(np.isfinite(output)) or np.any(output < 0):
+        raise ModelOutputError("the model returned non-finite or negative probabilities")
+    sums = output.sum(axis=1, keepdims=True)
+    if np.any(np.abs(sums - 1.0) > 1e-3):
+        raise ModelOutputError(f"the model's rows sum to {sums.ravel().tolist()}, not 1")
+    return output / sums  # float32 softmax drifts by ~1e-7; make rows sum to 1 exactly-ish
+
+
+def load_classifier(model_path: Path, card_path: Path, threads: int) -> OnnxClassifier:
+    """Verify the card and the file, build the session, and warm it up.
+
+    Args:
+        model_path: the .onnx file.
+        card_path: its model card (JSON).
+        threads: onnxruntime intra-op threads.
+    """
+    try:
+        card, raw_card = load_model_card(card_path)
+    except ModelCardError as err:
+        raise ModelLoadError(str(err)) from err
+    if card.file != model_path.name:
+        raise ModelLoadError(f"the model card {card_path} describes {card.file!r}, not {model_path.name!r}")
+    data = _read_model(model_path)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != card.sha256:
+        raise ModelLoadError(
+            f"the sha256 of {model_path} is {digest}, but the model card says {card.sha256}: "
+            "the file is corrupt or the card belongs to another model"
+        )
+    session = _create_session(data, model_path, threads)
+    _check_session_matches_card(session, card, model_path)
+    classifier = OnnxClassifier(session, card, raw_card)
+    try:
+        classifier.warm_up()
+    except Exception as err:  # onnxruntime's errors share no base class but Exception
+        raise ModelLoadError(f"the warm-up inference of {model_path} failed: {err}") from err
+    return classifier
+
+
+def _read_model(model_path: Path) -> bytes:
+    try:
+        return model_path.read_bytes()
+    except FileNotFoundError as err:
+        raise ModelLoadError(f"the model file {model_path} does not exist") from err
+    except OSError as err:
+        raise ModelLoadError(f"the model file {model_path} is not readable: {err}") from err
+
+
+def _create_session(data: bytes, model_path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only; onnxruntime's notices are not our log lines
+    try:
+        return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's errors share no base class but Exception
+        raise ModelLoadError(f"onnxruntime cannot load {model_path}: {err}") from err
+
+
+def _check_session_matches_card(session: ort.InferenceSession, card: ModelCard, model_path: Path) -> None:
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != card.input.name:
+        names = [i.name for i in inputs]
+        raise ModelLoadError(f"{model_path} takes inputs {names}; the card names {card.input.name!r}")
+    spec = inputs[0]
+    if spec.type != "tensor(float)" or len(spec.shape) != 4 or list(spec.shape[1:]) != [IMAGE_SIZE, IMAGE_SIZE, 3]:
+        raise ModelLoadError(
+            f"{model_path} takes {spec.type} {spec.shape}; expected float [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3]"
+        )
+    outputs = [o.name for o in session.get_outputs()]
+    if card.output.name not in outputs:
+        raise ModelLoadError(f"{model_path} has outputs {outputs}; the card names {card.output.name!r}")

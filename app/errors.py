@@ -1,0 +1,113 @@
+"""One table from domain errors to HTTP statuses, and the handlers that write error bodies.
+
+Every error answer has the same JSON shape, `{"error": {"status", "code", "field",
+"detail"}, "request_id"}`, whether it comes from an image, the upload, FastAPI's validation
+or routing. A client's input never yields a 500: only a fault of the server does.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from app.imaging import CorruptImageError, ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from app.uploads import (
+    EmptyFileError,
+    ExtraFileError,
+    FileTooLargeError,
+    MalformedUploadError,
+    MissingFieldError,
+    NotMultipartError,
+    RequestTooLargeError,
+    TooManyFilesError,
+    UploadError,
+)
+
+HTTP_STATUS: dict[type[Exception], int] = {
+    UnsupportedImageError: 415,
+    CorruptImageError: 400,
+    ImageTooLargeError: 413,
+    NotMultipartError: 415,
+    MalformedUploadError: 400,
+    MissingFieldError: 422,
+    EmptyFileError: 422,
+    ExtraFileError: 422,
+    FileTooLargeError: 413,
+    RequestTooLargeError: 413,
+    TooManyFilesError: 413,
+}
+
+
+class ModelNotReadyError(RuntimeError):
+    """A prediction was asked for before the model was verified and warmed up."""
+
+    reason = "model_not_ready"
+
+
+def status_for(error: Exception) -> int:
+    """The HTTP status of a domain error: the table entry of its nearest class."""
+    for cls in type(error).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
+
+
+def error_content(status: int, code: str, detail: str, field: str | None, request_id: str | None) -> dict:
+    """The JSON body of every error answer."""
+    return {
+        "error": {"status": status, "code": code, "field": field, "detail": detail},
+        "request_id": request_id,
+    }
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def error_response(request: Request, error: ImageDecodeError | UploadError, field: str) -> JSONResponse:
+    status = status_for(error)
+    field = getattr(error, "field", field)
+    return JSONResponse(
+        error_content(status, error.reason, str(error), field, _request_id(request)), status_code=status
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that turn every failure into the common error body."""
+
+    @app.exception_handler(UploadError)
+    async def _upload(request: Request, error: UploadError) -> JSONResponse:
+        # Raised while reading the body, before a route could count it (image errors are
+        # counted by the route that decoded them).
+        app.state.service.metrics.rejected.labels(error.reason).inc()
+        return error_response(request, error, error.field)
+
+    @app.exception_handler(ImageDecodeError)
+    async def _image(request: Request, error: ImageDecodeError) -> JSONResponse:
+        return error_response(request, error, "image")
+
+    @app.exception_handler(ModelNotReadyError)
+    async def _not_ready(request: Request, error: ModelNotReadyError) -> JSONResponse:
+        body = error_content(503, error.reason, str(error), None, _request_id(request))
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request", "type": "invalid"}
+        field = ".".join(str(p) for p in first["loc"][1:]) or None
+        body = error_content(422, str(first["type"]), str(first["msg"]), field, _request_id(request))
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, error: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        body = error_content(error.status_code, code, str(error.detail), None, _request_id(request))
+        return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def _server_fault(request: Request, error: Exception) -> JSONResponse:
+        # Starlette re-raises the error after this answer, so the server logs its traceback.
+        body = error_content(500, "internal_error", "the server failed; see its log", None, _request_id(request))
+        return JSONResponse(body, status_code=500)

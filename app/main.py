@@ -1,0 +1,80 @@
+"""The FastAPI application: `create_app()` builds it; the lifespan loads and verifies the model.
+
+Importing this module does no I/O: `app` is built without reading settings or the model,
+which happens when the server starts the lifespan. Run it with `dscnet serve` or
+`uvicorn app.main:app`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from app.api import health, predict
+from app.api.deps import ServiceState
+from app.classifier import ModelLoadError, load_classifier
+from app.errors import install_error_handlers
+from app.metrics import Metrics
+from app.middleware import RequestContextMiddleware
+from app.settings import Settings, get_settings
+
+logger = logging.getLogger("dscnet.service")
+
+DESCRIPTION = """
+Classifies 224x224-resized blood-smear images into four B-lineage subtypes: `benign`
+(haematogones), `early_pre_b`, `pre_b`, `pro_b`. **For research and decision support, not a
+stand-alone diagnosis.** Errors share one body: `{"error": {"status", "code", "field",
+"detail"}, "request_id"}`.
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ServiceState = app.state.service
+    settings = state.settings or get_settings()
+    state.settings = settings
+    state.not_ready_reason = "the model is loading"
+    try:
+        classifier = await run_in_threadpool(
+            load_classifier, settings.model_path, settings.card_path, settings.intra_op_threads
+        )
+    except ModelLoadError as err:
+        state.not_ready_reason = f"the model could not be loaded: {err}"
+        logger.error("model not loaded; refusing to start", extra={"fields": {"reason": str(err)}})
+        raise
+    state.classifier = classifier
+    state.ready = True
+    state.metrics.set_model(classifier.identity)
+    logger.info("model ready", extra={"fields": {
+        "model": classifier.identity.name, "version": classifier.identity.version,
+        "sha256": classifier.identity.sha256, "threads": settings.intra_op_threads,
+    }})
+    try:
+        yield
+    finally:
+        state.ready = False  # shutting down: tell load balancers to stop sending work
+        state.not_ready_reason = "the service is shutting down"
+        state.metrics.set_model(None)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application; `settings` defaults to the environment, read at start-up.
+
+    Args:
+        settings: explicit settings (tests, `dscnet serve`); None reads `DSCNET_*` at start-up.
+    """
+    metrics = Metrics()
+    app = FastAPI(title="DSCNet", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = ServiceState(metrics=metrics, settings=settings)
+    install_error_handlers(app)
+    app.include_router(predict.router)
+    app.include_router(health.router)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app
+
+
+app = create_app()

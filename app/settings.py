@@ -1,0 +1,98 @@
+"""Service settings, read from `DSCNET_*` environment variables and checked at start-up.
+
+Every limit has a floor and a ceiling: a typo such as `DSCNET_MAX_UPLOAD_BYTES=0` or a
+limit of terabytes would otherwise surface only as odd behaviour under load.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.cpus import available_cpus
+from app.imaging import DEFAULT_MAX_PIXELS, IMAGE_SIZE
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Configuration of the service and of `dscnet predict`; env prefix `DSCNET_`."""
+
+    model_config = SettingsConfigDict(env_prefix="DSCNET_", frozen=True)
+
+    model_path: Path = Field(
+        REPO_ROOT / "models" / "dscnet.onnx", description="The ONNX model file."
+    )
+    model_card_path: Path | None = Field(
+        None, description="The model card; default: the model path with a .json suffix."
+    )
+    max_upload_bytes: int = Field(
+        20 * MIB, ge=1024, le=1024 * MIB, description="Largest accepted image file, in bytes."
+    )
+    max_batch_bytes: int = Field(
+        128 * MIB, ge=1024, le=4096 * MIB, description="Largest /predict-batch request body."
+    )
+    max_batch_images: int = Field(32, ge=1, le=512, description="Most images in one batch.")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        ge=IMAGE_SIZE * IMAGE_SIZE,
+        le=500_000_000,
+        description="Most pixels an image header may declare (decompression bombs).",
+    )
+    ort_threads: int | None = Field(
+        None, ge=1, le=256, description="onnxruntime intra-op threads; default: usable CPUs."
+    )
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("model_path")
+    @classmethod
+    def _onnx_suffix(cls, value: Path) -> Path:
+        if value.suffix != ".onnx":
+            raise ValueError(f"the model must be an .onnx file, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _batch_holds_one_upload(self) -> Settings:
+        if self.max_batch_bytes < self.max_upload_bytes:
+            raise ValueError(
+                f"max_batch_bytes ({self.max_batch_bytes}) is smaller than "
+                f"max_upload_bytes ({self.max_upload_bytes}): no batch could hold one image"
+            )
+        return self
+
+    @property
+    def card_path(self) -> Path:
+        """Where the model card is read from."""
+        return self.model_card_path or self.model_path.with_suffix(".json")
+
+    @property
+    def intra_op_threads(self) -> int:
+        """onnxruntime's thread count: the setting, else the CPUs the process may use."""
+        return self.ort_threads or available_cpus()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings from the environment, read once; tests pass their own to `create_app`."""
+    return Settings()
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """One line per invalid setting, named by its environment variable."""
+    lines = ["invalid settings:"]
+    for item in error.errors():
+        name = "DSCNET_" + "_".join(str(part) for part in item["loc"]).upper() if item["loc"] else "settings"
+        lines.append(f"  {name}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
