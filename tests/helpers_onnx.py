@@ -1,0 +1,75 @@
+"""A tiny stand-in for DSCNet, built in code: same input/output contract, four parameters' worth of logic.
+
+image [N,224,224,3] float 0..255 -> mean over H and W -> [N,3] -> MatMul W[3,4] + b -> Softmax
+
+The weights make the label readable from the colour: red -> benign, green -> early_pre_b,
+blue -> pre_b, black -> pro_b, so tests can assert labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from app.imaging import IMAGE_SIZE, PREPROCESSING_VERSION
+from app.labels import CLASS_IDS
+
+OPSET = 17
+SCALE = 8.0 / 255.0  # a pure colour gives a logit gap of 8: a confident but finite softmax
+
+
+def build_tiny_model(path: Path, *, input_name: str = "image", output_name: str = "probabilities") -> Path:
+    """Write the tiny ONNX model to `path`."""
+    weights = np.zeros((3, len(CLASS_IDS)), dtype=np.float32)
+    weights[0, 0] = weights[1, 1] = weights[2, 2] = SCALE
+    bias = np.array([0.0, 0.0, 0.0, 1.0], dtype=np.float32)  # all-dark images lean to pro_b
+    graph = helper.make_graph(
+        nodes=[
+            helper.make_node("ReduceMean", [input_name], ["mean"], axes=[1, 2], keepdims=0),
+            helper.make_node("MatMul", ["mean", "weights"], ["logits_raw"]),
+            helper.make_node("Add", ["logits_raw", "bias"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], [output_name], axis=-1),
+        ],
+        name="tiny_dscnet",
+        inputs=[helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", IMAGE_SIZE, IMAGE_SIZE, 3])],
+        outputs=[helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", len(CLASS_IDS)])],
+        initializer=[numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="dscnet-tests")
+    model.ir_version = 9  # what onnxruntime >= 1.16 reads
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def card_for(model_path: Path, **overrides: Any) -> dict[str, Any]:
+    """A model card matching the file at `model_path`, with `overrides` applied on top."""
+    card: dict[str, Any] = {
+        "name": "dscnet",
+        "version": "0.0.1-test",
+        "file": model_path.name,
+        "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+        "classes": list(CLASS_IDS),
+        "input": {"name": "image", "shape": [None, IMAGE_SIZE, IMAGE_SIZE, 3], "dtype": "float32",
+                  "layout": "NHWC", "color": "RGB", "range": [0, 255]},
+        "output": {"name": "probabilities", "shape": [None, len(CLASS_IDS)]},
+        "preprocessing": {"version": PREPROCESSING_VERSION, "function": "app.imaging.decode_image"},
+        "opset": OPSET,
+        "intended_use": "tests only",
+        "metrics": {"accuracy": None},
+    }
+    card.update(overrides)
+    return card
+
+
+def write_card(model_path: Path, **overrides: Any) -> Path:
+    """Write the card next to the model (same name, .json) and return its path."""
+    card_path = model_path.with_suffix(".json")
+    card_path.write_text(json.dumps(card_for(model_path, **overrides), indent=2))
+    return card_path

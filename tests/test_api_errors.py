@@ -1,0 +1,164 @@
+"""Every client error of /predict: status, code, field and a readable detail; never a 500."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+import helpers_images as images
+from app.main import create_app
+from app.settings import Settings
+
+
+def post_image(client: TestClient, data: bytes, filename: str = "upload.bin"):
+    return client.post("/predict", files={"image": (filename, data, "application/octet-stream")})
+
+
+def assert_error(response, status: int, code: str, field: str | None = "image") -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "request_id"}
+    assert body["error"]["status"] == status
+    assert body["error"]["code"] == code
+    assert body["error"]["field"] == field
+    assert isinstance(body["error"]["detail"], str) and body["error"]["detail"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body["error"]
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "code", "words"),
+    [
+        (images.text_file, 415, "unsupported_format", "not a recognised image"),
+        (images.gif, 415, "unsupported_format", "GIF"),
+        (images.truncated_jpeg, 400, "corrupt_image", "truncated"),
+        (images.png_bomb, 413, "too_many_pixels", "50000x50000"),
+    ],
+)
+def test_bad_images_are_refused_with_their_reason(client: TestClient, make, status: int, code: str, words: str) -> None:
+    error = assert_error(post_image(client, make()), status, code)
+    assert words in error["detail"]
+
+
+def test_a_bomb_does_not_hurt_the_server(client: TestClient) -> None:
+    for _ in range(3):
+        assert_error(post_image(client, images.png_bomb()), 413, "too_many_pixels")
+    assert client.get("/health/ready").status_code == 200
+    assert post_image(client, images.solid((0, 0, 255))).json()["label"] == "pre_b"
+
+
+def test_missing_field_is_422(client: TestClient) -> None:
+    response = client.post("/predict", files={"picture": ("a.png", images.solid((1, 1, 1)), "image/png")})
+    error = assert_error(response, 422, "missing_field")
+    assert "'image'" in error["detail"]
+
+
+def test_form_without_files_is_422(client: TestClient) -> None:
+    response = client.post("/predict", data={"image": ""}, files={"other": ("x", b"x")})
+    assert_error(response, 422, "empty_file")
+
+
+def test_empty_file_is_422(client: TestClient) -> None:
+    assert_error(post_image(client, b""), 422, "empty_file")
+
+
+def test_two_files_in_predict_are_422(client: TestClient) -> None:
+    one = ("image", ("a.png", images.solid((1, 1, 1)), "image/png"))
+    response = client.post("/predict", files=[one, one])
+    error = assert_error(response, 422, "extra_file")
+    assert "/predict-batch" in error["detail"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "headers"),
+    [
+        ({"json": {"image": "aGVsbG8="}}, {}),
+        ({"data": {"image": "hello"}}, {}),
+        ({"content": b"\xff\xd8\xff"}, {"Content-Type": "image/jpeg"}),
+        ({}, {}),
+    ],
+)
+def test_a_body_that_is_not_multipart_is_415(client: TestClient, kwargs: dict, headers: dict) -> None:
+    error = assert_error(client.post("/predict", headers=headers, **kwargs), 415, "not_multipart")
+    assert "multipart/form-data" in error["detail"]
+
+
+def test_multipart_without_boundary_is_400(client: TestClient) -> None:
+    response = client.post("/predict", content=b"--x\r\n", headers={"Content-Type": "multipart/form-data"})
+    assert_error(response, 400, "malformed_multipart")
+
+
+def test_truncated_multipart_body_is_400(client: TestClient) -> None:
+    body = (
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+        b"Content-Type: image/png\r\n\r\n" + images.solid((1, 2, 3))[:100]
+    )
+    response = client.post("/predict", content=body, headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+    error = assert_error(response, 400, "malformed_multipart")
+    assert "closing boundary" in error["detail"]
+
+
+def test_garbage_multipart_body_is_400(client: TestClient) -> None:
+    response = client.post(
+        "/predict", content=b"this is not multipart at all" * 10,
+        headers={"Content-Type": "multipart/form-data; boundary=XyZ"},
+    )
+    assert_error(response, 400, "malformed_multipart")
+
+
+@pytest.fixture
+def small_limit_client(tiny_model: Path):
+    settings = Settings(model_path=tiny_model, ort_threads=1, max_upload_bytes=20_000)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_file_over_the_upload_limit_is_413(small_limit_client: TestClient) -> None:
+    data = images.truncated_jpeg() + b"\0" * 30_000  # bigger than 20,000 bytes, smaller than the body limit
+    error = assert_error(post_image(small_limit_client, data), 413, "file_too_large")
+    assert "20,000" in error["detail"]
+
+
+def test_body_over_the_limit_is_413_before_parsing(small_limit_client: TestClient) -> None:
+    data = b"\0" * 200_000  # over the body limit (upload limit + multipart room)
+    assert_error(post_image(small_limit_client, data), 413, "request_too_large")
+
+
+@pytest.mark.parametrize(("chunk_count", "code"), [(5, "file_too_large"), (20, "request_too_large")])
+def test_chunked_body_over_a_limit_is_413(small_limit_client: TestClient, chunk_count: int, code: str) -> None:
+    boundary = b"XyZ"
+    head = b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a\"\r\n\r\n"
+
+    def chunks():  # no Content-Length: the limit must be enforced on the bytes received
+        yield head
+        for _ in range(chunk_count):
+            yield b"\0" * 10_000
+        yield b"\r\n--XyZ--\r\n"
+
+    response = small_limit_client.post(
+        "/predict", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=" + boundary.decode()}
+    )
+    assert "content-length" not in {k.lower() for k in response.request.headers}
+    assert_error(response, 413, code)
+
+
+def test_not_ready_is_503_with_the_error_body(tiny_model: Path) -> None:
+    client = TestClient(create_app(Settings(model_path=tiny_model)))  # no `with`: no lifespan, no model
+    response = post_image(client, images.solid((1, 1, 1)))
+    error = assert_error(response, 503, "model_not_ready", field=None)
+    assert "not loaded" in error["detail"]
+    assert response.headers["retry-after"] == "5"
+
+
+def test_unknown_route_and_wrong_method_use_the_error_body(client: TestClient) -> None:
+    assert_error(client.get("/nope"), 404, "not_found", field=None)
+    assert_error(client.get("/predict"), 405, "method_not_allowed", field=None)
+
+
+def test_errors_do_not_hurt_the_server(client: TestClient) -> None:
+    for make in (images.text_file, images.truncated_jpeg, images.png_bomb):
+        assert post_image(client, make()).status_code in {400, 413, 415}
+    assert client.get("/health/ready").status_code == 200
+    assert post_image(client, images.solid((255, 0, 0))).json()["label"] == "benign"

@@ -1,0 +1,95 @@
+"""POST /predict through TestClient with the lifespan: successes on every supported input kind."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+import helpers_images as images
+from app.labels import CLASS_IDS
+
+
+def post_image(client: TestClient, data: bytes, filename: str = "smear.png", **kwargs: object):
+    return client.post("/predict", files={"image": (filename, data, "application/octet-stream")}, **kwargs)
+
+
+def assert_prediction(body: dict, label: str | None = None) -> None:
+    assert set(body) == {"request_id", "label", "probabilities", "model", "timing_ms"}
+    assert set(body["probabilities"]) == set(CLASS_IDS)
+    assert math.isclose(sum(body["probabilities"].values()), 1.0, abs_tol=1e-9)
+    assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+    assert body["model"]["name"] == "dscnet" and len(body["model"]["sha256"]) == 64
+    assert set(body["timing_ms"]) == {"decode", "inference", "total"}
+    assert all(value >= 0 for value in body["timing_ms"].values())
+    if label is not None:
+        assert body["label"] == label
+
+
+@pytest.mark.parametrize(
+    ("colour", "label"),
+    [((255, 0, 0), "benign"), ((0, 255, 0), "early_pre_b"), ((0, 0, 255), "pre_b"), ((0, 0, 0), "pro_b")],
+)
+def test_predict_labels_follow_the_tiny_model(client: TestClient, colour: tuple[int, int, int], label: str) -> None:
+    response = post_image(client, images.solid(colour))
+    assert response.status_code == 200
+    assert_prediction(response.json(), label)
+
+
+def test_predict_reports_the_model_from_the_card(client: TestClient, tiny_model: Path) -> None:
+    card = client.get("/model").json()
+    body = post_image(client, images.solid((255, 0, 0))).json()
+    assert body["model"] == {"name": card["name"], "version": card["version"], "sha256": card["sha256"]}
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "label"),
+    [
+        ("png_alpha", images.png_with_alpha, "benign"),  # red over white: red channel dominates
+        ("png_16bit", images.png_16bit_grey, None),
+        ("grey_jpeg", images.grey_jpeg, None),
+        ("cmyk_jpeg", images.cmyk_jpeg, None),
+        ("exif_jpeg", images.exif_rotated_jpeg, "pre_b"),
+        ("tiff", images.tiff, "early_pre_b"),
+        ("bmp", images.bmp, "benign"),
+    ],
+)
+def test_predict_accepts_every_supported_kind(client: TestClient, name: str, make, label: str | None) -> None:
+    response = post_image(client, make(), filename=f"{name}.bin")
+    assert response.status_code == 200, response.text
+    assert_prediction(response.json(), label)
+
+
+def test_predict_ignores_other_form_fields(client: TestClient) -> None:
+    response = client.post(
+        "/predict",
+        data={"note": "ignored"},
+        files={"image": ("a.png", images.solid((0, 255, 0)), "image/png")},
+    )
+    assert response.status_code == 200
+    assert response.json()["label"] == "early_pre_b"
+
+
+def test_predict_real_dataset_images(client: TestClient, real_images: dict[str, Path]) -> None:
+    for path in real_images.values():
+        response = post_image(client, path.read_bytes(), filename=path.name)
+        assert response.status_code == 200, (path, response.text)
+        assert_prediction(response.json())
+
+
+def test_predict_request_id_is_generated_and_echoed(client: TestClient) -> None:
+    generated = post_image(client, images.solid((1, 2, 3)))
+    assert generated.headers["x-request-id"] == generated.json()["request_id"]
+    assert len(generated.json()["request_id"]) == 32
+
+    echoed = post_image(client, images.solid((1, 2, 3)), headers={"X-Request-ID": "lab-42.run:7"})
+    assert echoed.headers["x-request-id"] == "lab-42.run:7"
+    assert echoed.json()["request_id"] == "lab-42.run:7"
+
+
+def test_unsafe_request_id_is_replaced(client: TestClient) -> None:
+    response = post_image(client, images.solid((1, 2, 3)), headers={"X-Request-ID": "bad id\twith spaces"})
+    assert response.headers["x-request-id"] != "bad id\twith spaces"
+    assert response.headers["x-request-id"] == response.json()["request_id"]
