@@ -43,6 +43,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             load_classifier, settings.model_path, settings.card_path, settings.intra_op_threads
         )
     except ModelLoadError as err:
+        state.load_error = str(err)
         state.not_ready_reason = f"the model could not be loaded: {err}"
         logger.error("model not loaded; refusing to start", extra={"fields": {"reason": str(err)}})
         raise

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
         None, ge=1, le=256, description="onnxruntime intra-op threads; default: usable CPUs."
     )
     host: str = Field("127.0.0.1", min_length=1)
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one.")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 
     @field_validator("log_level", mode="before")

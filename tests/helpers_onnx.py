@@ -24,8 +24,10 @@ OPSET = 17
 SCALE = 8.0 / 255.0  # a pure colour gives a logit gap of 8: a confident but finite softmax
 
 
-def build_tiny_model(path: Path, *, input_name: str = "image", output_name: str = "probabilities") -> Path:
-    """Write the tiny ONNX model to `path`."""
+def build_tiny_model(
+    path: Path, *, input_name: str = "image", output_name: str = "probabilities", image_size: int = IMAGE_SIZE
+) -> Path:
+    """Write the tiny ONNX model to `path`; the names and size can be changed to test refusals."""
     weights = np.zeros((3, len(CLASS_IDS)), dtype=np.float32)
     weights[0, 0] = weights[1, 1] = weights[2, 2] = SCALE
     bias = np.array([0.0, 0.0, 0.0, 1.0], dtype=np.float32)  # all-dark images lean to pro_b
@@ -37,7 +39,7 @@ def build_tiny_model(path: Path, *, input_name: str = "image", output_name: str 
             helper.make_node("Softmax", ["logits"], [output_name], axis=-1),
         ],
         name="tiny_dscnet",
-        inputs=[helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", IMAGE_SIZE, IMAGE_SIZE, 3])],
+        inputs=[helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", image_size, image_size, 3])],
         outputs=[helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", len(CLASS_IDS)])],
         initializer=[numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias")],
     )

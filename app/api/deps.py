@@ -27,6 +27,7 @@ class ServiceState:
     classifier: OnnxClassifier | None = None
     ready: bool = False
     not_ready_reason: str = "the model is not loaded yet"
+    load_error: str | None = None
 
 
 def get_state(request: Request) -> ServiceState:

@@ -1,0 +1,156 @@
+"""Pieces of the service on their own: CPU counting, the streaming upload reader, the classifier."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.classifier import ModelOutputError, OnnxClassifier, _check_probabilities, load_classifier
+from app.cpus import available_cpus, cgroup_cpu_quota
+from app.uploads import (
+    FileTooLargeError,
+    MissingFieldError,
+    RequestTooLargeError,
+    TooManyFilesError,
+    UploadLimits,
+    read_uploads,
+)
+
+BOUNDARY = b"b0undary"
+
+
+def part(name: str, data: bytes, filename: str | None = "f.bin") -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+    return b"--" + BOUNDARY + b"\r\nContent-Disposition: " + disposition.encode() + b"\r\n\r\n" + data + b"\r\n"
+
+
+def body(*parts: bytes) -> bytes:
+    return b"".join(parts) + b"--" + BOUNDARY + b"--\r\n"
+
+
+class CountingStream:
+    """An async body stream in fixed chunks that records how much the reader pulled."""
+
+    def __init__(self, data: bytes, chunk: int = 1000, endless: bool = False) -> None:
+        self.data, self.chunk, self.endless, self.pulled = data, chunk, endless, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        position = 0
+        while position < len(self.data) or self.endless:
+            piece = self.data[position : position + self.chunk] or b"\0" * self.chunk
+            position += self.chunk
+            self.pulled += len(piece)
+            yield piece
+
+
+def read(stream: CountingStream, **limits: object):
+    options = {"field": "images", "max_files": 10, "max_file_bytes": 10_000, "max_body_bytes": 100_000} | limits
+    return asyncio.run(read_uploads(stream.__aiter__(), BOUNDARY, UploadLimits(**options)))
+
+
+def test_reader_keeps_only_the_expected_field_in_order() -> None:
+    stream = CountingStream(body(part("images", b"one", "1.png"), part("note", b"x", None), part("images", b"two", "2.png")))
+    uploads = read(stream)
+    assert [(u.filename, u.data, u.error) for u in uploads] == [("1.png", b"one", None), ("2.png", b"two", None)]
+
+
+def test_reader_accepts_a_part_without_filename() -> None:
+    (upload,) = read(CountingStream(body(part("images", b"abc", None))))
+    assert upload.filename is None and upload.data == b"abc"
+
+
+def test_reader_stops_at_the_body_limit_of_an_endless_stream() -> None:
+    stream = CountingStream(part("images", b""), chunk=4096, endless=True)
+    with pytest.raises(RequestTooLargeError):
+        read(stream, max_body_bytes=50_000, max_file_bytes=1_000_000)
+    assert stream.pulled <= 50_000 + 4096
+
+
+def test_reader_stops_at_the_file_count_without_reading_the_rest() -> None:
+    files = [part("images", b"x" * 100) for _ in range(50)]
+    stream = CountingStream(body(*files), chunk=200)
+    with pytest.raises(TooManyFilesError):
+        read(stream, max_files=3)
+    assert stream.pulled < len(b"".join(files)) / 5
+
+
+def test_reader_stops_at_an_oversized_single_file() -> None:
+    stream = CountingStream(body(part("image", b"x" * 200_000)), chunk=1000)
+    with pytest.raises(FileTooLargeError):
+        read(stream, field="image", max_files=1, max_file_bytes=10_000, max_body_bytes=1_000_000)
+    assert stream.pulled <= 12_000
+
+
+def test_reader_marks_an_oversized_batch_file_and_keeps_going() -> None:
+    stream = CountingStream(body(part("images", b"x" * 20_000, "big"), part("images", b"ok", "small")))
+    big, small = read(stream, per_file_errors=True)
+    assert isinstance(big.error, FileTooLargeError) and big.data == b""
+    assert small.error is None and small.data == b"ok"
+
+
+def test_reader_reports_a_missing_field() -> None:
+    with pytest.raises(MissingFieldError):
+        read(CountingStream(body(part("other", b"abc"))))
+
+
+def test_available_cpus_follows_affinity_without_a_quota(tmp_path: Path) -> None:
+    assert available_cpus(tmp_path) == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(("content", "expected"), [("max 100000", None), ("150000 100000", 1.5), ("50000 100000", 0.5)])
+def test_cgroup_v2_quota(tmp_path: Path, content: str, expected: float | None) -> None:
+    (tmp_path / "cpu.max").write_text(content + "\n")
+    assert cgroup_cpu_quota(tmp_path) == expected
+
+
+def test_cgroup_v1_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    assert cgroup_cpu_quota(tmp_path) == 2.0
+
+
+def test_quota_caps_the_thread_count_and_rounds_up(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("50000 100000")
+    assert available_cpus(tmp_path) == 1  # half a CPU still needs one thread
+    (tmp_path / "cpu.max").write_text(f"{1000 * 100000} 100000")
+    assert available_cpus(tmp_path) == len(os.sched_getaffinity(0))  # a quota above the mask
+
+
+@pytest.fixture
+def classifier(tiny_model: Path) -> OnnxClassifier:
+    return load_classifier(tiny_model, tiny_model.with_suffix(".json"), threads=1)
+
+
+def test_predict_batch_returns_rows_that_sum_to_one(classifier: OnnxClassifier) -> None:
+    batch = np.zeros((5, 224, 224, 3), dtype=np.uint8)
+    batch[0, ..., 0] = 255
+    probabilities = classifier.predict_batch(batch)
+    assert probabilities.shape == (5, 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-12)
+    assert probabilities[0].argmax() == 0 and probabilities[1].argmax() == 3
+
+
+@pytest.mark.parametrize(
+    "images",
+    [np.zeros((1, 224, 224, 3), np.float32), np.zeros((224, 224, 3), np.uint8), np.zeros((1, 128, 128, 3), np.uint8)],
+)
+def test_predict_batch_refuses_other_inputs(classifier: OnnxClassifier, images: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="expected uint8"):
+        classifier.predict_batch(images)
+
+
+@pytest.mark.parametrize(
+    "output",
+    [np.full((2, 4), 0.5), np.full((2, 3), 1 / 3), np.array([[np.nan, 0, 0, 1]] * 2), np.array([[-0.5, 0.5, 0.5, 0.5]] * 2)],
+)
+def test_output_that_is_not_probabilities_is_a_server_fault(output: np.ndarray) -> None:
+    with pytest.raises(ModelOutputError):
+        _check_probabilities(output, 2)
