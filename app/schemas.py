@@ -30,7 +30,7 @@ class SubtypeProbabilities(BaseModel):
 class TimingMs(BaseModel):
     decode: float = Field(description="Decoding and resizing the image(s), ms.")
     inference: float = Field(description="The model run, ms.")
-    total: float = Field(description="From the first byte read to the answer built, ms.")
+    total: float = Field(description="From the request reaching the app (body reading included) to the answer built, ms.")
 
 
 class Prediction(BaseModel):

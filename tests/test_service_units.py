@@ -154,3 +154,19 @@ def test_predict_batch_refuses_other_inputs(classifier: OnnxClassifier, images: 
 def test_output_that_is_not_probabilities_is_a_server_fault(output: np.ndarray) -> None:
     with pytest.raises(ModelOutputError):
         _check_probabilities(output, 2)
+
+
+def test_serving_imports_no_tensorflow() -> None:
+    """The serving install has no TensorFlow: importing every app module must not need it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pkgutil, importlib, app\n"
+        "for m in pkgutil.walk_packages(app.__path__, 'app.'): importlib.import_module(m.name)\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in {'tensorflow', 'keras', 'tf2onnx', 'training'})\n"
+        "assert not bad, bad\n"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
