@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from synthetic import encode, gradient, png_declaring
 from training.cli import default_data_dir
 from app.imaging import (
     IMAGE_SIZE,
@@ -26,27 +24,6 @@ def dataset_dir() -> Path:
     root = default_data_dir()
     assert root.is_dir(), f"the dataset is not at {root}; set DSCNET_DATA_DIR"
     return root
-
-
-def gradient(width: int, height: int) -> np.ndarray:
-    y, x = np.mgrid[0:height, 0:width]
-    return np.stack([x * 255 // (width - 1), y * 255 // (height - 1), (x + y) * 255 // (width + height - 2)],
-                    axis=-1).astype(np.uint8)
-
-
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A 1x1 PNG whose header is rewritten to declare width x height (a decompression bomb)."""
-    data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
-    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return bytes(data)
 
 
 def test_square_224_image_passes_through_unchanged():

@@ -1,0 +1,86 @@
+"""DSCNet and its image filter: structure, invariances, save/reload and ONNX export parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+keras = pytest.importorskip("keras", reason="the [train] extra is not installed")  # CI installs it
+
+from synthetic import smear_like  # noqa: E402
+from training.export import PARITY_TOLERANCE, export_onnx, load_keras_model  # noqa: E402
+from training.model import DSCNetConfig, SmearFilter, build_dscnet  # noqa: E402
+from training.shifts import CORNER_HEIGHT, CORNER_WIDTH, gamma  # noqa: E402
+
+
+def test_filter_ignores_the_scale_bar_corner():
+    images = smear_like(2)
+    marked = images.copy()
+    marked[:, -CORNER_HEIGHT:, -CORNER_WIDTH:] = 0  # a black scale bar
+    layer = SmearFilter()
+    plain, with_bar = np.asarray(layer(images.astype("float32"))), np.asarray(layer(marked.astype("float32")))
+    np.testing.assert_allclose(plain, with_bar, atol=1e-6)
+    assert np.all(plain[:, -CORNER_HEIGHT:, -CORNER_WIDTH:] == 0)
+
+
+def test_filter_standardises_each_channel():
+    out = np.asarray(SmearFilter()(smear_like(3).astype("float32")))
+    keep = np.ones((224, 224), dtype=bool)
+    keep[-CORNER_HEIGHT:, -CORNER_WIDTH:] = False
+    values = out[:, keep]  # (N, pixels, 3)
+    np.testing.assert_allclose(values.mean(axis=1), 0.0, atol=1e-4)
+    np.testing.assert_allclose(values.std(axis=1), 1.0, atol=0.02)
+
+
+def test_filter_output_barely_moves_under_gamma_and_brightness():
+    images = smear_like(2)
+    layer = SmearFilter()
+    reference = np.asarray(layer(images.astype("float32")))
+    for changed in (gamma(images, 1.3), np.clip(images * 0.8, 0, 255).astype(np.uint8)):
+        out = np.asarray(layer(changed.astype("float32")))
+        assert np.abs(out - reference).mean() < 0.1  # unit-variance features; raw pixels move ~20x more
+
+
+def test_dscnet_structure_follows_the_paper():
+    model = build_dscnet(DSCNetConfig.tiny())
+    names = [layer.name for layer in model.layers]
+    assert names[1] == "smear_filter" and not model.get_layer("smear_filter").trainable
+    assert model.get_layer("smear_filter").weights == []
+    assert model.get_layer("dropout").rate == pytest.approx(0.1)
+    assert any(isinstance(layer, keras.layers.LeakyReLU) for layer in model.layers)
+    assert any(isinstance(layer, keras.layers.ReLU) for layer in model.layers)
+    assert sum("_concat" in name for name in names) == 4  # dense connections inside blocks
+    assert len(model.get_layer("skip_features").input) == 2  # every block feeds the classifier
+    assert model.output_shape == (None, 4)
+    assert model.input.name == "image" and model.input_shape == (None, 224, 224, 3)
+
+
+def test_full_configuration_fits_the_parameter_budget():
+    assert build_dscnet().count_params() <= 5_000_000
+
+
+def test_tiny_model_trains_saves_reloads_and_exports_with_parity(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_dscnet(DSCNetConfig.tiny())
+    model.compile(optimizer="adam", loss=keras.losses.KLDivergence())
+    images = smear_like(32).astype("float32")
+    targets = np.eye(4, dtype="float32")[np.arange(32) % 4]
+    before = [w.copy() for w in model.get_weights()]
+    model.fit(images, targets, batch_size=8, epochs=1, verbose=0)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+    model.save(tmp_path / "tiny.keras")
+    reloaded = load_keras_model(tmp_path / "tiny.keras")
+    np.testing.assert_allclose(reloaded.predict(images[:4], verbose=0), model.predict(images[:4], verbose=0),
+                               atol=1e-6)
+
+    record = export_onnx(reloaded, tmp_path / "tiny.onnx", images)
+    assert record["opset"] == 17
+    assert max(record["max_abs_difference"].values()) <= PARITY_TOLERANCE
+    session = ort.InferenceSession(str(tmp_path / "tiny.onnx"), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert inp.name == "image" and inp.shape[1:] == [224, 224, 3] and not isinstance(inp.shape[0], int)
+    assert out.name == "probabilities"
+    probabilities = session.run(None, {"image": images[:5]})[0]
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)

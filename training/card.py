@@ -1,0 +1,159 @@
+"""The model card: models/dscnet.json (machine-readable) and models/README.md (for people)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from app.imaging import IMAGE_SIZE, PREPROCESSING_VERSION
+from app.labels import CLASS_IDS, CLASS_NAMES
+
+MODEL_NAME = "dscnet"
+MODEL_VERSION = "1.0.0"
+
+INTENDED_USE = (
+    "Research and laboratory decision support: a second reader that ranks peripheral blood smear "
+    "photographs by how likely they show benign haematogones or an early pre-B, pre-B or pro-B ALL "
+    "subtype. Not a stand-alone diagnosis: every result is to be reviewed by a qualified "
+    "haematologist together with flow cytometry and the clinical picture."
+)
+
+LIMITATIONS = [
+    "Trained on one public dataset from one hospital (Taleqani, Tehran): 89 patients, one staining "
+    "protocol, one microscope and camera. Performance on other labs' smears is unmeasured.",
+    "The dataset carries no patient ids; the test split keeps blocks of consecutive file numbers "
+    "together as a proxy for patients, which can still put one patient's images on both sides.",
+    "Each class was photographed in its own sessions, so colour and illumination separate the classes "
+    "in this data; the image filter and augmentation are designed against that shortcut and the "
+    "audit measures it, but a shift not in the audit can still mislead the model.",
+    "The lower-right corner (where this dataset burns in a scale bar) is masked inside the model; "
+    "what lies there is never seen.",
+    "Only the four trained classes exist for the model: any other image (normal lymphocytes, other "
+    "leukaemias, non-smear images) still receives four probabilities that sum to 1.",
+    "Images are centre-cropped to a square and resized to 224x224; magnification very different "
+    "from the training images (a 100x oil objective field of 224 pixels) is out of distribution.",
+]
+
+DATA_SOURCE = {
+    "name": "Acute Lymphoblastic Leukemia (ALL) image dataset (Taleqani Hospital), original images",
+    "citation": "Aria M., Ghaderzadeh M., Bashash D., Abolghasemi H., Asadi F., Hosseini A. Kaggle, 2021. "
+                "doi:10.34740/KAGGLE/DSV/2175623",
+    "paper": "Ghaderzadeh M. et al. Int J Intell Syst 2022;37:5113-5133. doi:10.1002/int.22753",
+}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_card(onnx_path: Path, training: dict, export: dict, versions: dict) -> dict:
+    """The card for a freshly exported model (metrics are added by `dscnet evaluate`)."""
+    return {
+        "name": MODEL_NAME,
+        "version": MODEL_VERSION,
+        "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "file": onnx_path.name,
+        "sha256": sha256_file(onnx_path),
+        "classes": list(CLASS_IDS),
+        "class_names": [CLASS_NAMES[c] for c in CLASS_IDS],
+        "input": {"name": "image", "shape": [None, IMAGE_SIZE, IMAGE_SIZE, 3], "dtype": "float32",
+                  "layout": "NHWC", "color": "RGB", "range": [0, 255]},
+        "output": {"name": "probabilities", "shape": [None, len(CLASS_IDS)], "activation": "softmax"},
+        "preprocessing": {
+            "version": PREPROCESSING_VERSION,
+            "function": "app.imaging.decode_image",
+            "description": "EXIF orientation applied; any mode to 8-bit RGB (alpha over white); "
+                           "centre crop to square; antialiased bilinear resize to 224x224. Scaling and "
+                           "the image filter are inside the ONNX graph.",
+        },
+        "image_filter": "Fixed layer SmearFilter: optical density -log((I+1)/256) per channel, the "
+                        "lower-right 36x40 pixel corner (scale bar) excluded and zeroed, per-image "
+                        "per-channel standardisation. Removes illumination (additive in optical density) "
+                        "and stain amount / gamma (multiplicative), leaving the pattern of stain.",
+        "opset": export["opset"],
+        "export_parity": export,
+        "frameworks": versions,
+        "architecture": {"parameters": training["parameters"], "config": training["config"]["model"]},
+        "training": {
+            "data": DATA_SOURCE,
+            "split": training["config"]["split"],
+            "block_size": training["config"]["block_size"],
+            "seed": training["config"]["seed"],
+            "manifest": "split.csv",
+            "manifest_sha256": training["manifest_sha256"],
+            "train_images": training["train_images"],
+            "val_images": training["val_images"],
+            "epochs": training["epochs_run"],
+            "best_epoch": training["best_epoch"],
+            "batch_size": training["config"]["batch_size"],
+            "loss": f"KL divergence to one-hot targets smoothed by {training['config']['label_smoothing']}",
+            "optimizer": f"Adam, cosine-decayed learning rate from {training['config']['learning_rate']}",
+            "seconds": training["seconds"],
+        },
+        "intended_use": INTENDED_USE,
+        "limitations": LIMITATIONS,
+    }
+
+
+def write_card(card: dict, path: Path) -> None:
+    path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+
+
+def read_card(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def summary_metrics(result: dict) -> dict:
+    """The headline figures of one evaluated split, for the card."""
+    model = result["model"]
+    return {
+        "test_images": result["test_images"],
+        "accuracy": round(model["accuracy"], 4),
+        "macro_precision": round(model["macro"]["precision"], 4),
+        "macro_recall": round(model["macro"]["recall"], 4),
+        "macro_specificity": round(model["macro"]["specificity"], 4),
+        "macro_f1": round(model["macro"]["f1"], 4),
+        "macro_auc": round(model["macro"]["auc"], 4),
+        "ece": round(model["ece"], 4),
+        "colour_baseline_accuracy": round(result["baseline_colour_histogram"]["accuracy"], 4),
+    }
+
+
+def render_readme(card: dict) -> str:
+    """models/README.md: the card for people."""
+    metrics = card.get("metrics", {})
+    lines = [
+        f"# Model card: {card['name']} {card['version']}",
+        "",
+        f"**Intended use.** {card['intended_use']}",
+        "",
+        f"- File: `{card['file']}` (sha256 `{card['sha256']}`), ONNX opset {card['opset']}.",
+        f"- Input `{card['input']['name']}`: {card['input']['dtype']} {card['input']['layout']} "
+        f"{card['input']['shape']}, RGB pixels 0..255, dynamic batch. Output `{card['output']['name']}`: "
+        f"softmax over {', '.join(card['classes'])} (in this order).",
+        f"- Preprocessing version {card['preprocessing']['version']} (`{card['preprocessing']['function']}`): "
+        f"{card['preprocessing']['description']}",
+        f"- Image filter: {card['image_filter']}",
+        f"- {card['architecture']['parameters']:,} parameters; trained {card['training']['epochs']} epochs "
+        f"(best {card['training']['best_epoch']}) in {card['training']['seconds'] / 60:.1f} min on a 2-core CPU.",
+        f"- Data: {card['training']['data']['name']}. {card['training']['data']['citation']}.",
+        f"- Split: {card['training']['split']} (blocks of {card['training']['block_size']} consecutive file "
+        f"numbers, near-duplicates merged), manifest `{card['training']['manifest']}` "
+        f"(sha256 `{card['training']['manifest_sha256']}`).",
+        "",
+    ]
+    if metrics:
+        lines += ["## Metrics", "", "| split | test images | accuracy | macro F1 | macro AUC | ECE |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for split, m in metrics.items():
+            lines.append(f"| {split} | {m['test_images']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | "
+                         f"{m['macro_auc']:.4f} | {m['ece']:.4f} |")
+        lines += ["", "Full figures, audits and plots: [reports/report.md](reports/report.md).", ""]
+    lines += ["## Known limitations", "", *[f"- {item}" for item in card["limitations"]], ""]
+    return "\n".join(lines)

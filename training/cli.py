@@ -1,0 +1,140 @@
+"""`dscnet train | export | evaluate`: the offline commands (need the [train] extra).
+
+This module imports no TensorFlow itself, so `dscnet --help` works in a serving install;
+a command that needs the extra says how to install it in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MISSING_EXTRA = "dscnet {command}: this command needs the training extra; install it with: pip install -e '.[train]'"
+
+
+def default_data_dir() -> Path:
+    """DSCNET_DATA_DIR, or the shared dataset beside the checkout."""
+    return Path(os.environ.get("DSCNET_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "all-taleqani"))
+
+
+def _needs_training_extra(command: str):
+    try:
+        import tensorflow  # noqa: F401
+        import tf2onnx  # noqa: F401
+        import sklearn  # noqa: F401
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(MISSING_EXTRA.format(command=command), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _setup_logging() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    _needs_training_extra("train")
+    _setup_logging()
+    from training.data import DatasetError
+    from training.train import TrainConfig, train
+
+    config = TrainConfig(data_dir=args.data_dir, out_dir=args.out or REPO_ROOT / "runs" / args.split,
+                         split=args.split, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    try:
+        folder = train(config)
+    except DatasetError as err:
+        print(f"dscnet train: {err}", file=sys.stderr)
+        return 2
+    print(f"trained: {folder}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    _needs_training_extra("export")
+    _setup_logging()
+    import json
+
+    import onnx
+    import onnxruntime
+    import tensorflow as tf
+    import tf2onnx
+
+    from training.card import build_card, write_card
+    from training.evaluate import load_run
+    from training.export import export_onnx, load_keras_model
+
+    run = load_run(args.run_dir, args.data_dir)
+    model = load_keras_model(args.run_dir / "model.keras")
+    record = export_onnx(model, args.out, run.dataset.images[:64], opset=args.opset)
+    versions = {**run.summary["versions"], "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__, "tensorflow_export": tf.__version__}
+    card = build_card(args.out, run.summary, record, versions)
+    write_card(card, args.out.with_suffix(".json"))
+    manifest = args.out.parent / "split.csv"
+    if manifest.resolve() != (args.run_dir / "split.csv").resolve():
+        shutil.copyfile(args.run_dir / "split.csv", manifest)
+    print(json.dumps({"onnx": str(args.out), "sha256": card["sha256"], "parity": record["max_abs_difference"]}))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    _needs_training_extra("evaluate")
+    _setup_logging()
+    from training.card import read_card, render_readme, summary_metrics, write_card
+    from training.evaluate import evaluate_run, load_run
+    from training.markdown import render
+    from training.report import write_figures, write_metrics
+
+    card_path = args.model.with_suffix(".json")
+    reports = args.reports
+    reports.mkdir(parents=True, exist_ok=True)
+    run = load_run(args.run_dir, args.data_dir)
+    results = {"blocks": evaluate_run(run, args.model)}
+    if args.compare_run:
+        results["random"] = evaluate_run(load_run(args.compare_run, args.data_dir),
+                                         args.compare_run / "model.onnx", full_audit=False)
+    figures = write_figures(results["blocks"], args.run_dir / "history.csv", reports)
+    write_metrics(results, reports / "metrics.json")
+    (reports / "report.md").write_text(render(results, run.summary, figures), encoding="utf-8")
+    if card_path.exists():
+        card = read_card(card_path)
+        card["metrics"] = {split: summary_metrics(result) for split, result in results.items()}
+        write_card(card, card_path)
+        (args.model.parent / "README.md").write_text(render_readme(card), encoding="utf-8")
+    print(f"report: {reports / 'report.md'}")
+    return 0
+
+
+def add_commands(commands) -> None:
+    """Add train, export and evaluate to the `dscnet` argument parser."""
+    train = commands.add_parser("train", help="train DSCNet on a class-folder dataset")
+    train.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                       help="folder with Benign/ Early/ Pre/ Pro/ (default: $DSCNET_DATA_DIR or ../shared/data/all-taleqani)")
+    train.add_argument("--split", choices=("blocks", "random"), default="blocks")
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--batch-size", type=int, default=20)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", type=Path, help="run folder (default runs/<split>)")
+    train.set_defaults(run=run_train)
+
+    export = commands.add_parser("export", help="export a trained run to ONNX, verify parity, write the card")
+    export.add_argument("--run", dest="run_dir", type=Path, default=REPO_ROOT / "runs" / "blocks")
+    export.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "dscnet.onnx")
+    export.add_argument("--data-dir", type=Path, default=default_data_dir())
+    export.add_argument("--opset", type=int, default=17)
+    export.set_defaults(run=run_export)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate an exported model; write models/reports/")
+    evaluate.add_argument("--run", dest="run_dir", type=Path, default=REPO_ROOT / "runs" / "blocks")
+    evaluate.add_argument("--model", type=Path, default=REPO_ROOT / "models" / "dscnet.onnx")
+    evaluate.add_argument("--compare-run", type=Path, default=None,
+                          help="a run trained with --split random, exported to <run>/model.onnx")
+    evaluate.add_argument("--reports", type=Path, default=REPO_ROOT / "models" / "reports")
+    evaluate.add_argument("--data-dir", type=Path, default=default_data_dir())
+    evaluate.set_defaults(run=run_evaluate)

@@ -1,0 +1,123 @@
+"""Evaluate an exported model on its run's test split, with shortcut and robustness audits.
+
+The model is evaluated as shipped: the ONNX file through onnxruntime, on images decoded by
+`app.imaging.decode_image`. The split is rebuilt from the run's recorded settings and must
+reproduce the run's manifest hash, so the test images are exactly those never trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from app.labels import CLASS_IDS
+from training import shifts
+from training.baseline import HistogramBaseline
+from training.data import Dataset, load_dataset, manifest_sha256
+from training.metrics import classification_report
+
+log = logging.getLogger(__name__)
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class RunData:
+    """A training run's folder, its recorded summary, and its dataset split rebuilt."""
+
+    folder: Path
+    summary: dict
+    dataset: Dataset
+
+
+def load_run(folder: Path, root: Path) -> RunData:
+    """Rebuild the run's split from the dataset at `root` and check it is the one the run trained on."""
+    summary = json.loads((folder / "training.json").read_text(encoding="utf-8"))
+    config = summary["config"]
+    dataset = load_dataset(root, split=config["split"], block_size=config["block_size"], seed=config["seed"])
+    rebuilt = manifest_sha256(dataset.samples)
+    if rebuilt != summary["manifest_sha256"]:
+        raise RuntimeError(
+            f"the split rebuilt from {root} differs from the one run {folder} trained on "
+            f"(manifest {rebuilt[:12]} != {summary['manifest_sha256'][:12]}): wrong data folder?")
+    return RunData(folder, summary, dataset)
+
+
+def onnx_predictor(onnx_path: Path, batch_size: int = 32) -> Predict:
+    """Probabilities from the ONNX model for uint8 NHWC images, in batches."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        parts = [session.run(None, {input_name: images[i:i + batch_size].astype(np.float32)})[0]
+                 for i in range(0, len(images), batch_size)]
+        return np.concatenate(parts)
+
+    return predict
+
+
+def audit_shifts(train_images: np.ndarray, train_labels: np.ndarray) -> list[tuple[str, Callable]]:
+    """The audited acquisition changes, each a (name, images -> images) pair."""
+    rows: list[tuple[str, Callable]] = [
+        ("scale-bar corner masked", shifts.fill_corner),
+        ("darker, less contrast (x0.85, contrast 0.8)", lambda x: shifts.brightness_contrast(x, 0.85, 0.8)),
+        ("brighter, more contrast (x1.15, contrast 1.2)", lambda x: shifts.brightness_contrast(x, 1.15, 1.2)),
+        ("gamma 0.8", lambda x: shifts.gamma(x, 0.8)),
+        ("gamma 1.25", lambda x: shifts.gamma(x, 1.25)),
+        ("HED stain jitter (x0.8-1.2, +-0.05)", lambda x: shifts.hed_stain(x, 0.2, 0.05, seed=1)),
+    ]
+    for c, class_id in enumerate(CLASS_IDS):
+        mean, std = shifts.colour_statistics(train_images[train_labels == c])
+        rows.append((f"Reinhard transfer to {class_id} slides",
+                     lambda x, m=mean, s=std: shifts.reinhard_transfer(x, m, s)))
+    rows += [
+        ("JPEG quality 50", lambda x: shifts.jpeg(x, 50)),
+        ("JPEG quality 75", lambda x: shifts.jpeg(x, 75)),
+        ("Gaussian blur sigma 1", lambda x: shifts.blur(x, 1.0)),
+        ("grayscale (for information)", shifts.grayscale),
+    ]
+    return rows
+
+
+def audit(predictors: dict[str, Predict], images: np.ndarray, labels: np.ndarray,
+          rows: list[tuple[str, Callable]]) -> list[dict]:
+    """Accuracy and macro-F1 of each predictor on the clean images and under each shift."""
+    table = []
+    for name, transform in [("none (original test images)", lambda x: x), *rows]:
+        shifted = transform(images)
+        row = {"shift": name}
+        for model_name, predict in predictors.items():
+            report = classification_report(labels, predict(shifted))
+            row[model_name] = {"accuracy": report["accuracy"], "macro_f1": report["macro"]["f1"]}
+        table.append(row)
+        log.info("audit %-45s %s", name, {k: round(v["accuracy"], 4) for k, v in row.items() if k != "shift"})
+    return table
+
+
+def evaluate_run(run: RunData, onnx_path: Path, full_audit: bool = True) -> dict:
+    """Test-split metrics of the model and the colour baselines, and (optionally) the audits."""
+    x_train, y_train, _ = run.dataset.subset("train")
+    x_test, y_test, _ = run.dataset.subset("test")
+    model = onnx_predictor(onnx_path)
+    probabilities = model(x_test)
+    colour = HistogramBaseline(colour=True).fit(x_train, y_train)
+    grey = HistogramBaseline(colour=False).fit(x_train, y_train)
+    result = {
+        "split": run.summary["config"]["split"],
+        "test_images": int(len(y_test)),
+        "model": classification_report(y_test, probabilities),
+        "baseline_colour_histogram": classification_report(y_test, colour.predict_proba(x_test)),
+        "baseline_grey_histogram": classification_report(y_test, grey.predict_proba(x_test)),
+        "_test_labels": y_test,
+        "_test_probabilities": probabilities,
+    }
+    if full_audit:
+        predictors = {"dscnet": model, "colour_baseline": colour.predict_proba}
+        result["audit"] = audit(predictors, x_test, y_test, audit_shifts(x_train, y_train))
+    return result

@@ -1,0 +1,69 @@
+"""Export a trained Keras DSCNet to ONNX and prove the two agree on real images."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnxruntime as ort
+import tensorflow as tf
+import tf2onnx
+
+from training.model import SmearFilter  # noqa: F401  (registers the layer for loading)
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-5
+PARITY_BATCH_SIZES = (1, 7, 32)
+
+
+class ExportParityError(RuntimeError):
+    """The ONNX model's outputs differ from the Keras model's beyond the tolerance."""
+
+
+def load_keras_model(path: Path) -> keras.Model:
+    return keras.saving.load_model(path, compile=False)
+
+
+def export_onnx(model: keras.Model, onnx_path: Path, check_images: np.ndarray, opset: int = OPSET) -> dict:
+    """Convert with tf2onnx (input "image": float32 NHWC, dynamic batch) and verify parity.
+
+    Args:
+        model: the trained Keras model.
+        onnx_path: where to write the .onnx file.
+        check_images: uint8 or float NHWC images (at least the largest parity batch) used to
+            compare Keras and ONNX outputs at several batch sizes.
+        opset: ONNX opset (tf2onnx 1.17 accepts at most 18).
+
+    Returns the parity record: max absolute difference per batch size.
+    """
+    size = model.input_shape[1]
+    signature = [tf.TensorSpec((None, size, size, 3), tf.float32, name="image")]
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset, output_path=str(onnx_path))
+    parity = verify_parity(model, onnx_path, check_images)
+    log.info("exported %s (opset %d); max |keras - onnx| %s", onnx_path, opset, parity)
+    return {"opset": opset, "tolerance": PARITY_TOLERANCE, "max_abs_difference": parity}
+
+
+def verify_parity(model: keras.Model, onnx_path: Path, images: np.ndarray) -> dict[str, float]:
+    """Run both models on the same images at several batch sizes; raise beyond the tolerance."""
+    if len(images) < max(PARITY_BATCH_SIZES):
+        raise ValueError(f"parity needs at least {max(PARITY_BATCH_SIZES)} images, got {len(images)}")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    keras_call = tf.function(lambda x: model(x, training=False))
+    record: dict[str, float] = {}
+    for batch in PARITY_BATCH_SIZES:
+        x = images[:batch].astype(np.float32)
+        expected = np.asarray(keras_call(tf.constant(x)))
+        actual = session.run(None, {input_name: x})[0]
+        difference = float(np.max(np.abs(expected - actual)))
+        record[str(batch)] = difference
+        if not difference <= PARITY_TOLERANCE:
+            raise ExportParityError(
+                f"ONNX and Keras differ by {difference:.3g} at batch {batch} (tolerance {PARITY_TOLERANCE})")
+    return record

@@ -1,0 +1,120 @@
+"""Acquisition shifts for the robustness audit: pure NumPy/Pillow, deterministic.
+
+Each function takes uint8 NHWC RGB images and returns new uint8 images of the same shape;
+none changes its input. They model what differs between labs and days: illumination and
+camera response, stain batches (HED jitter, Tellez et al. 2019; Reinhard colour transfer),
+compression, focus, and (for information) the loss of colour.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+# The scale-bar corner that the model's filter masks, in rows and columns from the bottom-right.
+# The burned-in labels start about 31 pixels from the right and from the bottom edge.
+CORNER_HEIGHT = 36
+CORNER_WIDTH = 40
+
+# Stain vectors of haematoxylin, eosin and DAB (Ruifrok & Johnston 2001), rows normalised.
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+RGB_FROM_HED = (_RGB_FROM_HED / np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)).astype(np.float32)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
+
+# Reinhard et al. 2001: RGB -> LMS, and log-LMS -> l-alpha-beta.
+_LMS_FROM_RGB = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
+_LAB_FROM_LOGLMS = np.diag([1 / np.sqrt(3), 1 / np.sqrt(6), 1 / np.sqrt(2)]) @ np.array(
+    [[1, 1, 1], [1, 1, -2], [1, -1, 0]])
+
+
+def corner_mask(height: int, width: int) -> np.ndarray:
+    """Boolean (height, width) array, False in the scale-bar corner."""
+    keep = np.ones((height, width), dtype=bool)
+    keep[height - CORNER_HEIGHT:, width - CORNER_WIDTH:] = False
+    return keep
+
+
+def fill_corner(images: np.ndarray) -> np.ndarray:
+    """Set the scale-bar corner to each image's mean colour (the mean of the rest of the image)."""
+    out = images.copy()
+    keep = corner_mask(*images.shape[1:3])
+    means = images[:, keep].mean(axis=1).round().astype(np.uint8)
+    out[:, ~keep] = means[:, None, :]
+    return out
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def brightness_contrast(images: np.ndarray, brightness: float, contrast: float) -> np.ndarray:
+    """Scale intensities by `brightness`, then stretch about each image's mean by `contrast`."""
+    x = images.astype(np.float32) * brightness
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    return _to_uint8((x - mean) * contrast + mean)
+
+
+def gamma(images: np.ndarray, value: float) -> np.ndarray:
+    """Camera response curve: out = 255 * (in / 255) ** value."""
+    return _to_uint8(255.0 * (images.astype(np.float32) / 255.0) ** value)
+
+
+def hed_stain(images: np.ndarray, scale: float = 0.2, shift: float = 0.05, seed: int = 0) -> np.ndarray:
+    """Per image, scale each stain's optical density by U(1-scale, 1+scale) and add U(-shift, shift)."""
+    rng = np.random.default_rng(seed)
+    n = len(images)
+    density = -np.log((images.astype(np.float32) + 1.0) / 256.0)
+    stains = density @ HED_FROM_RGB
+    stains = stains * rng.uniform(1 - scale, 1 + scale, (n, 1, 1, 3)) + rng.uniform(-shift, shift, (n, 1, 1, 3))
+    return _to_uint8(256.0 * np.exp(-(stains @ RGB_FROM_HED)) - 1.0)
+
+
+def _rgb_to_lab(images: np.ndarray) -> np.ndarray:
+    rgb = np.maximum(images.astype(np.float64) / 255.0, 1.0 / 255.0)
+    return np.log10(rgb @ _LMS_FROM_RGB.T) @ _LAB_FROM_LOGLMS.T
+
+
+def _lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    lms = 10.0 ** (lab @ np.linalg.inv(_LAB_FROM_LOGLMS).T)
+    return _to_uint8(255.0 * (lms @ np.linalg.inv(_LMS_FROM_RGB).T))
+
+
+def colour_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over images of each image's per-channel l-alpha-beta mean and standard deviation."""
+    lab = _rgb_to_lab(images)
+    return lab.mean(axis=(1, 2)).mean(axis=0), lab.std(axis=(1, 2)).mean(axis=0)
+
+
+def reinhard_transfer(images: np.ndarray, target_mean: np.ndarray, target_std: np.ndarray) -> np.ndarray:
+    """Give every image the target colour statistics in l-alpha-beta space (Reinhard et al. 2001)."""
+    lab = _rgb_to_lab(images)
+    mean = lab.mean(axis=(1, 2), keepdims=True)
+    std = lab.std(axis=(1, 2), keepdims=True) + 1e-6
+    return _lab_to_rgb((lab - mean) / std * target_std + target_mean)
+
+
+def _per_image(images: np.ndarray, transform) -> np.ndarray:
+    return np.stack([np.asarray(transform(Image.fromarray(image)).convert("RGB")) for image in images])
+
+
+def jpeg(images: np.ndarray, quality: int) -> np.ndarray:
+    """Re-compress each image as JPEG at `quality` (Pillow, 4:2:0 subsampling)."""
+
+    def recompress(image: Image.Image) -> Image.Image:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        return Image.open(io.BytesIO(buffer.getvalue()))
+
+    return _per_image(images, recompress)
+
+
+def blur(images: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur (slight defocus)."""
+    return _per_image(images, lambda image: image.filter(ImageFilter.GaussianBlur(sigma)))
+
+
+def grayscale(images: np.ndarray) -> np.ndarray:
+    """Luma (ITU-R 601) in all three channels."""
+    return _per_image(images, lambda image: image.convert("L"))

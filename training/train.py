@@ -1,0 +1,139 @@
+"""Train DSCNet: KL divergence to smoothed targets, Adam, best validation epoch restored."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from app.labels import CLASS_IDS
+from training.augment import training_dataset
+from training.data import Dataset, load_dataset, write_manifest
+from training.model import DSCNetConfig, build_dscnet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; written to the run folder as training.json."""
+
+    data_dir: Path
+    out_dir: Path
+    split: str = "blocks"
+    epochs: int = 20
+    batch_size: int = 20
+    learning_rate: float = 1e-3
+    label_smoothing: float = 0.05
+    seed: int = 0
+    block_size: int = 25
+    limit_per_class: int | None = None  # for smoke runs only
+    model: DSCNetConfig = field(default_factory=DSCNetConfig)
+
+
+class RestoreBestWeights(keras.callbacks.Callback):
+    """Keep the weights of the epoch with the lowest validation loss and restore them at the end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.best_loss = math.inf
+        self.best_epoch = -1
+        self._best_weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        loss = float((logs or {}).get("val_loss", math.inf))
+        if loss < self.best_loss:
+            self.best_loss, self.best_epoch = loss, epoch
+            self._best_weights = self.model.get_weights()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._best_weights is not None:
+            self.model.set_weights(self._best_weights)
+
+
+def smoothed_targets(labels: np.ndarray, smoothing: float, classes: int = len(CLASS_IDS)) -> np.ndarray:
+    """One-hot targets mixed with the uniform distribution (KL needs no zero targets)."""
+    return (np.eye(classes)[labels] * (1.0 - smoothing) + smoothing / classes).astype(np.float32)
+
+
+def balancing_weights(labels: np.ndarray, classes: int = len(CLASS_IDS)) -> np.ndarray:
+    """Per-sample weights so that each class carries the same total weight."""
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    per_class = len(labels) / (classes * np.maximum(counts, 1.0))
+    return per_class[labels].astype(np.float32)
+
+
+def compile_model(model: keras.Model, learning_rate: float, total_steps: int) -> None:
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(total_steps, 1), alpha=0.05)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=keras.losses.KLDivergence(),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+
+
+def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
+    """Run one training; return the run folder (model.keras, split.csv, history.csv, training.json)."""
+    keras.utils.set_random_seed(config.seed)
+    out = config.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    if dataset is None:
+        dataset = load_dataset(config.data_dir, split=config.split, block_size=config.block_size, seed=config.seed)
+    manifest_sha256 = write_manifest(dataset.samples, out / "split.csv")
+    x_train, y_train, _ = dataset.subset("train")
+    x_val, y_val, _ = dataset.subset("val")
+    if config.limit_per_class:
+        x_train, y_train = _limit(x_train, y_train, config.limit_per_class)
+        x_val, y_val = _limit(x_val, y_val, config.limit_per_class)
+    log.info("train %d images, validation %d images (%s split)", len(y_train), len(y_val), config.split)
+
+    steps = max(len(y_train) // config.batch_size, 1)
+    train_data = training_dataset(x_train, smoothed_targets(y_train, config.label_smoothing),
+                                  balancing_weights(y_train), config.batch_size, config.seed)
+    val_data = tf.data.Dataset.from_tensor_slices(
+        (x_val.astype(np.float32), smoothed_targets(y_val, config.label_smoothing),
+         balancing_weights(y_val))).batch(50)
+    model = build_dscnet(config.model)
+    compile_model(model, config.learning_rate, steps * config.epochs)
+    best = RestoreBestWeights()
+    history = model.fit(train_data, steps_per_epoch=steps, epochs=config.epochs, validation_data=val_data,
+                        callbacks=[best, keras.callbacks.CSVLogger(str(out / "history.csv"))], shuffle=False,
+                        verbose=2)
+    model.save(out / "model.keras")
+    seconds = time.monotonic() - started
+    summary = {
+        "config": _jsonable(asdict(config)),
+        "parameters": int(model.count_params()),
+        "train_images": int(len(y_train)),
+        "val_images": int(len(y_val)),
+        "steps_per_epoch": steps,
+        "best_epoch": best.best_epoch + 1,
+        "best_val_loss": best.best_loss,
+        "epochs_run": len(history.history["loss"]),
+        "seconds": round(seconds, 1),
+        "manifest_sha256": manifest_sha256,
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__},
+    }
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    log.info("trained in %.0f s; best epoch %d (val loss %.4f)", seconds, summary["best_epoch"], best.best_loss)
+    return out
+
+
+def _limit(images: np.ndarray, labels: np.ndarray, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    index = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(CLASS_IDS))])
+    return images[index], labels[index]
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
