@@ -79,7 +79,7 @@ def run_serve(args: argparse.Namespace) -> int:
             raise
     if not server.started:
         load_error = server.config.app.state.service.load_error
-        reason = f"the model could not be loaded: {load_error}" if load_error else "see the log above"
+        reason = load_error or "see the log above"
         print(f"dscnet serve: the service did not start: {reason}", file=sys.stderr)
         return 1
     return 0

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app.api import health, predict
@@ -20,7 +21,7 @@ from app.classifier import ModelLoadError, load_classifier
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
-from app.settings import Settings, get_settings
+from app.settings import Settings, describe_settings_error, get_settings
 
 logger = logging.getLogger("dscnet.service")
 
@@ -35,7 +36,12 @@ stand-alone diagnosis.** Errors share one body: `{"error": {"status", "code", "f
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
-    settings = state.settings or get_settings()
+    try:
+        settings = state.settings or get_settings()
+    except ValidationError as err:
+        state.load_error = describe_settings_error(err)
+        logger.error("invalid settings; refusing to start", extra={"fields": {"reason": state.load_error}})
+        raise
     state.settings = settings
     state.not_ready_reason = "the model is loading"
     try:
@@ -43,7 +49,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             load_classifier, settings.model_path, settings.card_path, settings.intra_op_threads
         )
     except ModelLoadError as err:
-        state.load_error = str(err)
+        state.load_error = f"the model could not be loaded: {err}"
         state.not_ready_reason = f"the model could not be loaded: {err}"
         logger.error("model not loaded; refusing to start", extra={"fields": {"reason": str(err)}})
         raise

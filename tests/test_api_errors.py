@@ -187,3 +187,31 @@ def test_declared_length_over_the_limit_is_refused_before_reading(small_limit_cl
     assert pulled == []
     assert sent[0]["status"] == 413
     assert b"request_too_large" in b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_validation_errors_use_the_error_body(tiny_model: Path) -> None:
+    app = create_app(Settings(model_path=tiny_model, ort_threads=1))
+
+    @app.get("/echo")
+    def echo(count: int) -> dict:  # a route with a typed parameter, only for this test
+        return {"count": count}
+
+    with TestClient(app) as client:
+        error = assert_error(client.get("/echo", params={"count": "many"}), 422, "int_parsing", field="count")
+        assert "integer" in error["detail"]
+
+
+def test_a_server_fault_is_a_json_500_without_internals(tiny_model: Path) -> None:
+    app = create_app(Settings(model_path=tiny_model, ort_threads=1))
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret internal state")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/boom")
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert "secret" not in response.text
+    metrics = client.app.state.service.metrics.exposition().decode()
+    assert 'dscnet_requests_total{endpoint="/boom",status="500"} 1.0' in metrics

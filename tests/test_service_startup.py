@@ -165,3 +165,17 @@ def test_settings_from_the_environment_are_read_at_start_up(monkeypatch: pytest.
             assert client.get("/health/ready").status_code == 200
     finally:
         settings_module.get_settings.cache_clear()
+
+
+def test_invalid_environment_stops_the_lifespan(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import settings as settings_module
+
+    monkeypatch.setenv("DSCNET_MAX_PIXELS", "-1")
+    settings_module.get_settings.cache_clear()
+    app = create_app()
+    try:
+        with pytest.raises(ValidationError), TestClient(app):
+            pass
+    finally:
+        settings_module.get_settings.cache_clear()
+    assert "DSCNET_MAX_PIXELS" in app.state.service.load_error
