@@ -109,9 +109,9 @@ def run_predict(args: argparse.Namespace) -> int:
 def read_local_file(path: Path, max_bytes: int) -> Upload:
     """A local file as an upload, refused by the same size rules as the service."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            return Upload(path.name, b"", FileTooLargeError(f"the file is over the limit of {max_bytes:,} bytes", "image"))
+        if path.stat().st_size > max_bytes:
+            error = FileTooLargeError(f"the file is over the limit of {max_bytes:,} bytes", "image")
+            return Upload(path.name, b"", error)
         data = path.read_bytes()
     except OSError as err:
         return Upload(path.name, b"", UnreadableFileError(f"cannot read the file: {err.strerror or err}", "image"))

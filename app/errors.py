@@ -25,7 +25,16 @@ from app.uploads import (
     UploadError,
 )
 
+
+class ModelNotReadyError(RuntimeError):
+    """A prediction was asked for before the model was verified and warmed up."""
+
+    reason = "model_not_ready"
+
+
+# Looked up by the error's nearest class, so the base classes are fallbacks for new subclasses.
 HTTP_STATUS: dict[type[Exception], int] = {
+    ImageDecodeError: 400,
     UnsupportedImageError: 415,
     CorruptImageError: 400,
     ImageTooLargeError: 413,
@@ -37,13 +46,9 @@ HTTP_STATUS: dict[type[Exception], int] = {
     FileTooLargeError: 413,
     RequestTooLargeError: 413,
     TooManyFilesError: 413,
+    UploadError: 400,
+    ModelNotReadyError: 503,
 }
-
-
-class ModelNotReadyError(RuntimeError):
-    """A prediction was asked for before the model was verified and warmed up."""
-
-    reason = "model_not_ready"
 
 
 def status_for(error: Exception) -> int:
@@ -90,8 +95,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ModelNotReadyError)
     async def _not_ready(request: Request, error: ModelNotReadyError) -> JSONResponse:
-        body = error_content(503, error.reason, str(error), None, _request_id(request))
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        status = status_for(error)
+        body = error_content(status, error.reason, str(error), None, _request_id(request))
+        return JSONResponse(body, status_code=status, headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -30,7 +30,9 @@ class SubtypeProbabilities(BaseModel):
 class TimingMs(BaseModel):
     decode: float = Field(description="Decoding and resizing the image(s), ms.")
     inference: float = Field(description="The model run, ms.")
-    total: float = Field(description="From the request reaching the app (body reading included) to the answer built, ms.")
+    total: float = Field(
+        description="From the request reaching the app (body reading included) to the answer built, ms."
+    )
 
 
 class Prediction(BaseModel):
@@ -106,45 +108,44 @@ BATCH_EXAMPLE = {
 }
 
 
-def _error(status: int, code: str, field: str | None, detail: str) -> dict[str, Any]:
-    return {"value": {"error": {"status": status, "code": code, "field": field, "detail": detail},
-                      "request_id": _RID}}
+_ERROR_EXAMPLES: list[tuple[int, str, str]] = [  # (status, code, detail); {field} is the route's field
+    (400, "corrupt_image", "the JPEG data is damaged or truncated: image file is truncated"),
+    (400, "malformed_multipart", "the multipart body ended before its closing boundary"),
+    (413, "file_too_large", "the file is over the limit of 20,971,520 bytes"),
+    (413, "request_too_large", "the request body is 210,000,000 bytes, over the limit of 134,217,728"),
+    (413, "too_many_files", "more than 32 files in the field 'images'"),
+    (413, "too_many_pixels",
+     "the image has 50000x50000 = 2,500,000,000 pixels, more than the limit of 40,000,000"),
+    (415, "unsupported_format", "the file is not a recognised image; send JPEG, PNG, TIFF, BMP or WebP"),
+    (415, "not_multipart", "send the image as multipart/form-data in the field '{field}'"),
+    (422, "missing_field", "no file in the field '{field}'"),
+    (422, "empty_file", "the file is empty (0 bytes)"),
+    (422, "extra_file", "more than one file in the field 'image'; use /predict-batch"),
+    (503, "model_not_ready", "the model is not loaded yet"),
+]
+_STATUS_TEXT = {
+    400: "Corrupt or truncated image, or a broken multipart body.",
+    413: "An upload over the size limit, too many images, or too many pixels.",
+    415: "Not a supported image (JPEG, PNG, TIFF, BMP, WebP), or not multipart/form-data.",
+    422: "The field is missing or the file is empty.",
+    503: "The model is not loaded and verified yet.",
+}
+# On /predict-batch these land in the failing item's `error`, not in the answer's status.
+_PER_IMAGE_CODES = {"corrupt_image", "file_too_large", "too_many_pixels", "unsupported_format", "empty_file"}
 
 
 def error_responses(field: str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for the upload routes: every error status with its examples."""
-    groups: dict[int, tuple[str, dict[str, Any]]] = {
-        400: ("Corrupt or truncated image, or a broken multipart body.", {
-            "corrupt_image": _error(400, "corrupt_image", field, "the JPEG data is damaged or truncated: image file is truncated"),
-            "malformed_multipart": _error(400, "malformed_multipart", field, "the multipart body ended before its closing boundary"),
-        }),
-        413: ("An upload over the size limit, too many images, or too many pixels.", {
-            "file_too_large": _error(413, "file_too_large", field, "the file is over the limit of 20,971,520 bytes"),
-            "request_too_large": _error(413, "request_too_large", field, "the request body is 210,000,000 bytes, over the limit of 134,217,728"),
-            "too_many_files": _error(413, "too_many_files", field, "more than 32 files in the field 'images'"),
-            "too_many_pixels": _error(413, "too_many_pixels", field, "the image has 50000x50000 = 2,500,000,000 pixels, more than the limit of 40,000,000"),
-        }),
-        415: ("Not a supported image (JPEG, PNG, TIFF, BMP, WebP), or not multipart/form-data.", {
-            "unsupported_format": _error(415, "unsupported_format", field, "the file is not a recognised image; send JPEG, PNG, TIFF, BMP or WebP"),
-            "not_multipart": _error(415, "not_multipart", field, f"send the image as multipart/form-data in the field '{field}'"),
-        }),
-        422: ("The field is missing or the file is empty.", {
-            "missing_field": _error(422, "missing_field", field, f"no file in the field '{field}'"),
-            "empty_file": _error(422, "empty_file", field, "the file is empty (0 bytes)"),
-            "extra_file": _error(422, "extra_file", field, "more than one file in the field 'image'; use /predict-batch"),
-        }),
-        503: ("The model is not loaded and verified yet.", {
-            "model_not_ready": _error(503, "model_not_ready", None, "the model is not loaded yet"),
-        }),
-    }
-    if field == "images":
-        # Per-image errors land in that item's `error`; only request-level ones remain here.
-        dropped = {"corrupt_image", "too_many_pixels", "unsupported_format", "file_too_large",
-                   "extra_file", "empty_file"}
-    else:
-        dropped = {"too_many_files"}
-    return {
-        status: {"model": ErrorResponse, "description": text, "content": {"application/json": {
-            "examples": {code: ex for code, ex in examples.items() if code not in dropped}}}}
-        for status, (text, examples) in groups.items()
-    }
+    """OpenAPI `responses` for an upload route (`field` is image or images): every error status with examples."""
+    skipped = _PER_IMAGE_CODES | {"extra_file"} if field == "images" else {"too_many_files"}
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status, code, detail in _ERROR_EXAMPLES:
+        if code in skipped:
+            continue
+        body = {"error": {"status": status, "code": code, "field": None if status == 503 else field,
+                          "detail": detail.format(field=field)}, "request_id": _RID}
+        entry = responses.setdefault(status, {
+            "model": ErrorResponse, "description": _STATUS_TEXT[status],
+            "content": {"application/json": {"examples": {}}},
+        })
+        entry["content"]["application/json"]["examples"][code] = {"value": body}
+    return responses

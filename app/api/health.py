@@ -66,7 +66,8 @@ async def model_card(classifier: ClassifierDep) -> dict[str, Any]:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": "dscnet_requests_total{endpoint=\"/predict\",status=\"200\"} 12.0\n"}}}},
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {
+        "example": 'dscnet_requests_total{endpoint="/predict",status="200"} 12.0\n'}}}},
 )
 async def metrics(state: StateDep) -> Response:
     """Prometheus exposition of the `dscnet_` metrics."""
