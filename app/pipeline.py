@@ -65,11 +65,12 @@ def classify_uploads(
         decoded.append(item)
     decode_seconds = perf_counter() - start
 
+    if not pixels:
+        return BatchOutcome(items, decode_seconds, 0.0, 0)  # no model run
     start = perf_counter()
-    if pixels:
-        probabilities = classifier.predict_batch(np.stack(pixels))
-        for item, row in zip(decoded, probabilities, strict=True):
-            item.label = CLASS_IDS[int(np.argmax(row))]
-            item.probabilities = dict(zip(CLASS_IDS, (float(p) for p in row), strict=True))
+    probabilities = classifier.predict_batch(np.stack(pixels))
     inference_seconds = perf_counter() - start
+    for item, row in zip(decoded, probabilities, strict=True):
+        item.label = CLASS_IDS[int(np.argmax(row))]
+        item.probabilities = dict(zip(CLASS_IDS, (float(p) for p in row), strict=True))
     return BatchOutcome(items, decode_seconds, inference_seconds, len(pixels))
