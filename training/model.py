@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from app.imaging import IMAGE_SIZE
@@ -127,3 +128,30 @@ def _transition(x, config: DSCNetConfig, name: str):
     x = layers.LeakyReLU(config.leaky_slope, name=f"{name}_act")(x)
     x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_conv")(x)
     return layers.AveragePooling2D(2, name=f"{name}_pool")(x)
+
+
+def with_class_activation(model: keras.Model) -> keras.Model:
+    """The same network with a second output, "class_activation": (N, h0, w0, classes) maps.
+
+    The classifier sees the spatial mean of every block's features, so its logit for class c
+    is a sum over blocks of the spatial mean of (features_k . W_k[:, c]), plus a bias. Those
+    per-block maps, each computed by a fixed 1x1 convolution with the classifier's weights and
+    resized to the first block's resolution, are summed: a class activation map whose mean is
+    the logit (minus its bias). Serving reads it to draw heatmaps; no weights are trained.
+    """
+    kernel = np.asarray(model.get_layer("logits").kernel)
+    gap_layers = sorted((layer for layer in model.layers if layer.name.endswith("_gap")), key=lambda l: l.name)
+    size = tuple(gap_layers[0].input.shape[1:3])
+    maps, offset = [], 0
+    for layer in gap_layers:
+        features = layer.input
+        channels = features.shape[-1]
+        project = layers.Conv2D(kernel.shape[1], 1, use_bias=False, trainable=False, name=f"{layer.name}_cam")
+        block_map = project(features)
+        project.set_weights([kernel[offset:offset + channels][None, None]])
+        offset += channels
+        if tuple(features.shape[1:3]) != size:
+            block_map = layers.Resizing(*size, interpolation="bilinear", name=f"{layer.name}_cam_resize")(block_map)
+        maps.append(block_map)
+    activation = layers.Add(name="class_activation")(maps) if len(maps) > 1 else maps[0]
+    return keras.Model(model.input, [model.output, activation], name=f"{model.name}_with_cam")
