@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.api import health, predict
+from app.api import health, predict, v2
 from app.api.deps import ServiceState
 from app.classifier import ModelLoadError, load_classifier
 from app.errors import install_error_handlers
@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(predict.router)
     app.include_router(health.router)
+    app.include_router(v2.router)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
 
