@@ -54,6 +54,8 @@ def test_train_export_evaluate_writes_model_card_and_report(tmp_path):
     assert "99.85" in report and "Scale-bar and acquisition audit" in report
     card = json.loads((models / "dscnet.json").read_text())
     assert card["metrics"]["blocks"]["test_images"] == len(test_rows)
+    assert card["calibration"]["temperature"] > 0 and 0 < card["calibration"]["refer_threshold"]
+    assert "Calibration and referral" in report
     assert "Known limitations" in (models / "README.md").read_text()
 
 

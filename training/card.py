@@ -125,6 +125,21 @@ def summary_metrics(result: dict) -> dict:
     }
 
 
+def calibration_for_card(calibration: dict) -> dict:
+    """What serving needs (temperature, threshold) and what a reader needs to trust them."""
+    return {
+        "method": calibration["method"],
+        "temperature": round(calibration["temperature"], 6),
+        "refer_threshold": calibration["refer_threshold"],
+        "refer_rule": "refer_to_human when the calibrated top probability is below refer_threshold",
+        "target_accepted_accuracy": calibration["target_accepted_accuracy"],
+        "ece_test_before": round(calibration["ece_test_before"], 4),
+        "ece_test_after": round(calibration["ece_test_after"], 4),
+        "test_coverage": round(calibration["test"]["coverage"], 4),
+        "test_selective_accuracy": calibration["test"]["selective_accuracy"],
+    }
+
+
 def render_readme(card: dict) -> str:
     """models/README.md: the card for people."""
     metrics = card.get("metrics", {})

@@ -86,7 +86,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     _needs_training_extra("evaluate")
     _setup_logging()
-    from training.card import read_card, render_readme, summary_metrics, write_card
+    from training.card import calibration_for_card, read_card, render_readme, summary_metrics, write_card
     from training.evaluate import evaluate_run, load_run
     from training.markdown import render
     from training.report import write_figures, write_metrics
@@ -105,6 +105,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if card_path.exists():
         card = read_card(card_path)
         card["metrics"] = {split: summary_metrics(result) for split, result in results.items()}
+        card["calibration"] = calibration_for_card(results["blocks"]["calibration"])
         write_card(card, card_path)
         (args.model.parent / "README.md").write_text(render_readme(card), encoding="utf-8")
     print(f"report: {reports / 'report.md'}")

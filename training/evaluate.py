@@ -19,8 +19,15 @@ import onnxruntime as ort
 from app.labels import CLASS_IDS
 from training import shifts
 from training.baseline import HistogramBaseline
+from training.calibrate import (
+    TARGET_ACCEPTED_ACCURACY,
+    apply_temperature,
+    fit_temperature,
+    refer_threshold,
+    selective_report,
+)
 from training.data import Dataset, load_dataset, manifest_sha256
-from training.metrics import classification_report
+from training.metrics import classification_report, expected_calibration_error
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +124,31 @@ def evaluate_run(run: RunData, onnx_path: Path, full_audit: bool = True) -> dict
         "_test_labels": y_test,
         "_test_probabilities": probabilities,
     }
+    result["calibration"] = calibrate(run, model, y_test, probabilities)
+    result["_test_calibrated"] = apply_temperature(probabilities, result["calibration"]["temperature"])
     if full_audit:
         predictors = {"dscnet": model, "colour_baseline": colour.predict_proba}
         result["audit"] = audit(predictors, x_test, y_test, audit_shifts(x_train, y_train))
     return result
+
+
+def calibrate(run: RunData, model: Predict, y_test: np.ndarray, test_probabilities: np.ndarray) -> dict:
+    """Fit the temperature and the refer threshold on validation; measure both on test."""
+    x_val, y_val, _ = run.dataset.subset("val")
+    val_probabilities = model(x_val)
+    temperature = fit_temperature(y_val, val_probabilities)
+    val_calibrated = apply_temperature(val_probabilities, temperature)
+    threshold = refer_threshold(y_val, val_calibrated)
+    calibrated = apply_temperature(test_probabilities, temperature)
+    return {
+        "method": "temperature scaling of the logits, fitted on the validation split (NLL)",
+        "temperature": temperature,
+        "refer_threshold": threshold,
+        "target_accepted_accuracy": TARGET_ACCEPTED_ACCURACY,
+        "validation": selective_report(y_val, val_calibrated, threshold),
+        "test": selective_report(y_test, calibrated, threshold),
+        "ece_test_before": expected_calibration_error(y_test, test_probabilities),
+        "ece_test_after": expected_calibration_error(y_test, calibrated),
+        "ece_val_before": expected_calibration_error(y_val, val_probabilities),
+        "ece_val_after": expected_calibration_error(y_val, val_calibrated),
+    }

@@ -52,6 +52,32 @@ def _audit_rows(audit: list[dict]) -> list[str]:
     return rows
 
 
+def _calibration_rows(calibration: dict) -> list[str]:
+    test, val = calibration["test"], calibration["validation"]
+    return [
+        "## Calibration and referral",
+        "",
+        f"Temperature T = {calibration['temperature']:.3f}, fitted on the validation split by negative "
+        "log-likelihood; serving reports `softmax(log(p) / T)`.",
+        f"Expected calibration error on test: {_pct(calibration['ece_test_before'])}% before, "
+        f"{_pct(calibration['ece_test_after'])}% after (validation: {_pct(calibration['ece_val_before'])}% "
+        f"-> {_pct(calibration['ece_val_after'])}%).",
+        "",
+        f"Refer-to-a-human threshold on the calibrated confidence: {calibration['refer_threshold']:.4f}, the "
+        f"lowest at which the accepted validation cases reach {_pct(calibration['target_accepted_accuracy'])}% "
+        f"accuracy (validation: coverage {_pct(val['coverage'])}%, accepted accuracy "
+        f"{_pct(val['selective_accuracy'])}%).",
+        "",
+        "| block-grouped test | value |",
+        "|---|---:|",
+        f"| coverage (accepted without referral) | {_pct(test['coverage'])}% ({test['accepted']} images) |",
+        f"| accuracy on accepted cases | {_pct(test['selective_accuracy'])}% |",
+        f"| referred to a human | {test['referred']} images |",
+        f"| accuracy on referred cases | {_pct(test['referred_accuracy'])}% |",
+        "",
+    ]
+
+
 def target_checks(result: dict) -> list[tuple[str, bool, str]]:
     """(target, met, measured) for the shipped model's targets."""
     model = result["model"]
@@ -142,6 +168,7 @@ def render(results: dict[str, dict], training: dict, figures: list[str]) -> str:
         "",
         *_audit_rows(blocks["audit"]),
         "",
+        *_calibration_rows(blocks["calibration"]),
         "## Training",
         "",
         f"- {training['parameters']:,} parameters; {training['train_images']} training and "

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from app.labels import CLASS_IDS  # noqa: E402
-from training.metrics import reliability_bins, roc_curves  # noqa: E402
+from training.metrics import expected_calibration_error, reliability_bins, roc_curves  # noqa: E402
 
 # The paper's reported figures (percent), for comparison only: different split and protocol.
 PAPER_CLAIMS = {"accuracy": 99.85, "precision": 98.87, "recall": 96.55, "f1": 98.21}
@@ -63,16 +63,18 @@ def plot_roc(labels: np.ndarray, probabilities: np.ndarray, aucs: dict, out: Pat
     plt.close(fig)
 
 
-def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, ece: float, out: Path) -> None:
-    bins = [b for b in reliability_bins(labels, probabilities) if b["count"]]
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins],
-           width=1 / 15, edgecolor="black", alpha=0.7, label="accuracy in bin")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
-    ax.set_xlabel("confidence (max probability)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability, ECE {ece:.4f}")
-    ax.legend(loc="upper left")
+def plot_reliability(labels: np.ndarray, versions: dict[str, np.ndarray], out: Path) -> None:
+    """One reliability diagram per version of the probabilities (e.g. before/after calibration)."""
+    fig, axes = plt.subplots(1, len(versions), figsize=(5 * len(versions), 4.5), squeeze=False)
+    for ax, (title, probabilities) in zip(axes[0], versions.items()):
+        bins = [b for b in reliability_bins(labels, probabilities) if b["count"]]
+        ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins],
+               width=1 / 15, edgecolor="black", alpha=0.7, label="accuracy in bin")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+        ax.set_xlabel("confidence (max probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{title}: ECE {expected_calibration_error(labels, probabilities):.4f}")
+        ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -85,7 +87,8 @@ def write_figures(result: dict, history_csv: Path, out_dir: Path) -> list[str]:
     plot_training_curves(history_csv, out_dir / "training_curves.png")
     plot_confusion(model["confusion_matrix"], out_dir / "confusion_matrix.png")
     plot_roc(labels, probabilities, model["per_class"], out_dir / "roc_curves.png")
-    plot_reliability(labels, probabilities, model["ece"], out_dir / "reliability.png")
+    plot_reliability(labels, {"raw": probabilities, "temperature-scaled": result["_test_calibrated"]},
+                     out_dir / "reliability.png")
     return ["training_curves.png", "confusion_matrix.png", "roc_curves.png", "reliability.png"]
 
 
