@@ -21,6 +21,7 @@ from app.classifier import ModelLoadError, load_classifier
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
+from app.security import AccessConfigError, install_access_control, load_access_policy
 from app.settings import Settings, describe_settings_error, get_settings
 
 logger = logging.getLogger("dscnet.service")
@@ -43,6 +44,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.error("invalid settings; refusing to start", extra={"fields": {"reason": state.load_error}})
         raise
     state.settings = settings
+    try:
+        state.access = load_access_policy(settings)
+    except AccessConfigError as err:
+        state.load_error = str(err)
+        logger.error("API keys not loaded; refusing to start", extra={"fields": {"reason": str(err)}})
+        raise
     state.not_ready_reason = "the model is loading"
     try:
         classifier = await run_in_threadpool(
@@ -81,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(health.router)
     app.include_router(v2.router)
+    install_access_control(app)  # inside the request context: 401s get an id, a count, a log line
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
 

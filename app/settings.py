@@ -6,12 +6,13 @@ limit of terabytes would otherwise surface only as odd behaviour under load.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.cpus import available_cpus
 from app.imaging import DEFAULT_MAX_PIXELS, IMAGE_SIZE
@@ -50,6 +51,33 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one.")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    # Access and shutdown (app.security, app.server); see SECURITY.md.
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (), description="API keys, comma-separated; none configured: no authentication."
+    )
+    api_keys_file: Path | None = Field(None, description="A file of API keys, one per line.")
+    metrics_require_key: bool = Field(False, description="Whether /metrics needs an API key too.")
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Origins allowed by CORS, comma-separated; none: no CORS headers."
+    )
+    shutdown_timeout_s: float = Field(
+        20.0, gt=0, le=3600, description="On SIGTERM, how long in-flight requests may take to finish."
+    )
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin like https://lab.example.org (no path)")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from starlette.requests import ClientDisconnect
 from app.classifier import OnnxClassifier
 from app.errors import ModelNotReadyError
 from app.metrics import Metrics
+from app.security import AccessPolicy
 from app.settings import Settings
 from app.uploads import MalformedUploadError, Upload, UploadLimits, check_declared_size, read_uploads
 
@@ -28,6 +29,8 @@ class ServiceState:
     ready: bool = False
     not_ready_reason: str = "the model is not loaded yet"
     load_error: str | None = None
+    #: who may call what (app.security); None until the lifespan has read the settings
+    access: AccessPolicy | None = None
 
 
 def get_state(request: Request) -> ServiceState:
