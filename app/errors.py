@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from app.batching import BatcherStoppedError, OverloadedError
 from app.imaging import CorruptImageError, ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from app.uploads import (
     EmptyFileError,
@@ -48,6 +49,8 @@ HTTP_STATUS: dict[type[Exception], int] = {
     TooManyFilesError: 413,
     UploadError: 400,
     ModelNotReadyError: 503,
+    BatcherStoppedError: 503,
+    OverloadedError: 503,
 }
 
 
@@ -98,6 +101,17 @@ def install_error_handlers(app: FastAPI) -> None:
         status = status_for(error)
         body = error_content(status, error.reason, str(error), None, _request_id(request))
         return JSONResponse(body, status_code=status, headers={"Retry-After": "5"})
+
+    @app.exception_handler(BatcherStoppedError)
+    async def _stopping(request: Request, error: BatcherStoppedError) -> JSONResponse:
+        body = error_content(503, error.reason, str(error), None, _request_id(request))
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(OverloadedError)
+    async def _overloaded(request: Request, error: OverloadedError) -> JSONResponse:
+        app.state.service.metrics.rejected.labels(error.reason).inc()
+        body = error_content(503, error.reason, str(error), None, _request_id(request))
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(error.retry_after_s)})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api import health, predict, v2
 from app.api.deps import ServiceState
+from app.batching import start_batcher
 from app.classifier import ModelLoadError, load_classifier
 from app.errors import install_error_handlers
 from app.metrics import Metrics
@@ -61,11 +62,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.error("model not loaded; refusing to start", extra={"fields": {"reason": str(err)}})
         raise
     state.classifier = classifier
+    state.batcher = start_batcher(settings, classifier, state.metrics)
     state.ready = True
     state.metrics.set_model(classifier.identity)
     logger.info("model ready", extra={"fields": {
         "model": classifier.identity.name, "version": classifier.identity.version,
         "sha256": classifier.identity.sha256, "threads": settings.intra_op_threads,
+        "batching": settings.batching,
     }})
     try:
         yield
@@ -73,6 +76,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.ready = False  # shutting down: tell load balancers to stop sending work
         state.not_ready_reason = "the service is shutting down"
         state.metrics.set_model(None)
+        if state.batcher is not None:  # in-flight requests are done; this only joins the worker
+            await run_in_threadpool(state.batcher.stop)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

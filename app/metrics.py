@@ -41,6 +41,9 @@ class Metrics:
         self.batch_size = Histogram(
             "dscnet_batch_size", "Images per model run.", buckets=BATCH_BUCKETS, registry=r
         )
+        self.queued_images = Gauge(
+            "dscnet_batch_queue_images", "Images waiting for a shared model run (micro-batching).", registry=r
+        )
         self.predictions = Counter(
             "dscnet_predictions", "Images classified, by predicted class.", ["label"], registry=r
         )

@@ -2,17 +2,21 @@
 
     uploads -> decode_image (each) -> stack -> OnnxClassifier.predict_batch (one run) -> outcomes
 
+With a `MicroBatcher` the run is shared with concurrent requests (app.batching): the request
+announces itself before decoding, so a worker holding a partial batch may wait for it.
 An image that cannot be decoded becomes that item's error; the others still run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from time import perf_counter
 
 import numpy as np
 
+from app.batching import Arrival, MicroBatcher
 from app.classifier import OnnxClassifier
 from app.imaging import ImageDecodeError, decode_image
 from app.labels import CLASS_IDS
@@ -39,7 +43,11 @@ class BatchOutcome:
 
 
 def classify_uploads(
-    classifier: OnnxClassifier, uploads: Sequence[Upload], *, max_pixels: int
+    classifier: OnnxClassifier,
+    uploads: Sequence[Upload],
+    *,
+    max_pixels: int,
+    batcher: MicroBatcher | None = None,
 ) -> BatchOutcome:
     """Decode every upload, run the decodable ones through the model as one batch.
 
@@ -47,7 +55,15 @@ def classify_uploads(
         classifier: the verified model.
         uploads: files in the order sent; an upload that already carries an error is kept as is.
         max_pixels: the decompression-bomb limit passed to `decode_image`.
+        batcher: when given, the model run goes through it (shared with concurrent requests).
     """
+    with batcher.arriving() if batcher is not None else nullcontext() as arrival:
+        return _classify(classifier, uploads, max_pixels, arrival)
+
+
+def _classify(
+    classifier: OnnxClassifier, uploads: Sequence[Upload], max_pixels: int, arrival: Arrival | None
+) -> BatchOutcome:
     items: list[ImageOutcome] = []
     pixels: list[np.ndarray] = []
     decoded: list[ImageOutcome] = []
@@ -68,7 +84,8 @@ def classify_uploads(
     if not pixels:
         return BatchOutcome(items, decode_seconds, 0.0, 0)  # no model run
     start = perf_counter()
-    probabilities = classifier.predict_batch(np.stack(pixels))
+    batch = np.stack(pixels)
+    probabilities = arrival.predict(batch) if arrival is not None else classifier.predict_batch(batch)
     inference_seconds = perf_counter() - start
     for item, row in zip(decoded, probabilities, strict=True):
         item.label = CLASS_IDS[int(np.argmax(row))]

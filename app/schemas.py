@@ -122,13 +122,14 @@ _ERROR_EXAMPLES: list[tuple[int, str, str]] = [  # (status, code, detail); {fiel
     (422, "empty_file", "the file is empty (0 bytes)"),
     (422, "extra_file", "more than one file in the field 'image'; use /predict-batch"),
     (503, "model_not_ready", "the model is not loaded yet"),
+    (503, "overloaded", "256 images are already waiting for the model (the limit is 256); retry later"),
 ]
 _STATUS_TEXT = {
     400: "Corrupt or truncated image, or a broken multipart body.",
     413: "An upload over the size limit, too many images, or too many pixels.",
     415: "Not a supported image (JPEG, PNG, TIFF, BMP, WebP), or not multipart/form-data.",
     422: "The field is missing or the file is empty.",
-    503: "The model is not loaded and verified yet.",
+    503: "The model is not loaded and verified yet, or too many images are waiting (see Retry-After).",
 }
 # On /predict-batch these land in the failing item's `error`, not in the answer's status.
 _PER_IMAGE_CODES = {"corrupt_image", "file_too_large", "too_many_pixels", "unsupported_format", "empty_file"}

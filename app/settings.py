@@ -48,6 +48,15 @@ class Settings(BaseSettings):
     ort_threads: int | None = Field(
         None, ge=1, le=256, description="onnxruntime intra-op threads; default: usable CPUs."
     )
+    # Micro-batching of concurrent requests (app.batching); see docs/PERFORMANCE.md.
+    batching: bool = Field(True, description="Coalesce concurrent requests into shared model runs.")
+    batch_max_size: int = Field(16, ge=1, le=512, description="Most images in one shared model run.")
+    batch_max_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="Longest a partial batch waits for requests still decoding."
+    )
+    batch_queue_images: int = Field(
+        256, ge=1, le=8192, description="Most images waiting for the model; beyond: 503 overloaded."
+    )
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one.")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
@@ -90,6 +99,15 @@ class Settings(BaseSettings):
         if value.suffix != ".onnx":
             raise ValueError(f"the model must be an .onnx file, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _queue_holds_one_batch(self) -> Settings:
+        if self.batching and self.batch_queue_images < self.max_batch_images:
+            raise ValueError(
+                f"batch_queue_images ({self.batch_queue_images}) is smaller than "
+                f"max_batch_images ({self.max_batch_images}): a full /predict-batch could never run"
+            )
+        return self
 
     @model_validator(mode="after")
     def _batch_holds_one_upload(self) -> Settings:

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.requests import ClientDisconnect
 
+from app.batching import MicroBatcher
 from app.classifier import OnnxClassifier
 from app.errors import ModelNotReadyError
 from app.metrics import Metrics
@@ -26,6 +27,8 @@ class ServiceState:
     metrics: Metrics
     settings: Settings | None = None
     classifier: OnnxClassifier | None = None
+    #: shares model runs between concurrent requests; None when batching is off
+    batcher: MicroBatcher | None = None
     ready: bool = False
     not_ready_reason: str = "the model is not loaded yet"
     load_error: str | None = None

@@ -65,7 +65,7 @@ def predict(
     request: Request, state: StateDep, classifier: ClassifierDep, settings: SettingsDep, upload: ImageUploadDep
 ) -> Prediction:
     """Classify one image sent as multipart/form-data in the field `image`."""
-    outcome = classify_uploads(classifier, [upload], max_pixels=settings.max_pixels)
+    outcome = classify_uploads(classifier, [upload], max_pixels=settings.max_pixels, batcher=state.batcher)
     timing = _timing(request, outcome)
     _record(request, state, "/predict", outcome, timing)
     item = outcome.items[0]
@@ -91,7 +91,7 @@ def predict_batch(
     request: Request, state: StateDep, classifier: ClassifierDep, settings: SettingsDep, uploads: BatchUploadsDep
 ) -> BatchPrediction:
     """Classify several images (field `images`, repeated) in one model run; results in the order sent."""
-    outcome = classify_uploads(classifier, uploads, max_pixels=settings.max_pixels)
+    outcome = classify_uploads(classifier, uploads, max_pixels=settings.max_pixels, batcher=state.batcher)
     timing = _timing(request, outcome)
     _record(request, state, "/predict-batch", outcome, timing)
     results = []
@@ -131,7 +131,8 @@ def _record(request: Request, state: ServiceState, endpoint: str, outcome: Batch
     metrics.stage_seconds.labels(endpoint, "decode").observe(outcome.decode_seconds)
     if outcome.batch_size:
         metrics.stage_seconds.labels(endpoint, "inference").observe(outcome.inference_seconds)
-        metrics.batch_size.observe(outcome.batch_size)
+        if state.batcher is None:  # else the batcher observes each shared run
+            metrics.batch_size.observe(outcome.batch_size)
     labels = Counter(item.label for item in outcome.items if item.label is not None)
     reasons = Counter(item.error.reason for item in outcome.items if item.error is not None)
     for label, count in labels.items():
