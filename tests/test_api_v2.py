@@ -11,6 +11,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import helpers_images as images
+from app.api import v2
+from app.batching import BatcherStoppedError, OverloadedError
 from app.labels import CLASS_IDS
 from app.main import create_app
 from app.settings import Settings
@@ -191,3 +193,29 @@ def test_the_openapi_document_lists_the_v2_routes(client: TestClient) -> None:
                  "/v2/models/{model_name}/ready", "/v2/models/{model_name}/infer"):
         assert path in paths
     assert paths["/v2/models/{model_name}/infer"]["post"]["requestBody"]["content"]["application/json"]["example"]
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_one_infer_is_one_model_run_with_or_without_the_batcher(tiny_model: Path, batching: bool) -> None:
+    settings = Settings(model_path=tiny_model, ort_threads=1, batching=batching)
+    with TestClient(create_app(settings)) as client:
+        assert client.post(INFER, json=infer_body(images.solid(RED), images.solid(GREEN))).status_code == 200
+        text = client.get("/metrics").text
+    assert "dscnet_batch_size_count 1.0" in text and "dscnet_batch_size_sum 2.0" in text
+
+
+@pytest.mark.parametrize(
+    ("error", "retry_after"),
+    [(OverloadedError("more images are waiting than the queue may hold", 3), "3"),
+     (BatcherStoppedError("the service is stopping"), "5")],
+)
+def test_overload_and_shutdown_are_503_in_the_protocol_format(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, error: Exception, retry_after: str
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(v2, "classify_uploads", refuse)
+    response = client.post(INFER, json=infer_body(images.solid(RED)))
+    assert_v2_error(response, 503, str(error))
+    assert response.headers["retry-after"] == retry_after

@@ -2,7 +2,7 @@
 
     POST /v2/models/dscnet/infer
       {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [N], "data": [base64, ...]}]}
-      -> base64 -> decode_image (each) -> one model run
+      -> base64 -> decode_image (each) -> one model run (shared with concurrent requests)
       -> {"outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [N, 4], "data": [...]}]}
 
 Rows are in the order of the inputs, columns in the class order of the model metadata
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from time import perf_counter
 from typing import Annotated, Any
 
 import numpy as np
@@ -35,11 +35,12 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
 from app.api.deps import ClassifierDep, ServiceState, SettingsDep, StateDep
+from app.batching import BatcherStoppedError, OverloadedError
 from app.errors import ModelNotReadyError, status_for
-from app.imaging import ImageDecodeError, decode_image
 from app.labels import CLASS_IDS
+from app.pipeline import BatchOutcome, classify_uploads
 from app.settings import Settings
-from app.uploads import FileTooLargeError, UploadError
+from app.uploads import FileTooLargeError, Upload, UploadError
 
 MODEL_NAME = "dscnet"
 INPUT_NAME = "image"
@@ -73,7 +74,12 @@ class V2Route(APIRoute):
                 return _error(err.status, str(err))
             except ModelNotReadyError as err:
                 return _error(status_for(err), str(err), {"Retry-After": "5"})
-            except (ImageDecodeError, UploadError) as err:
+            except OverloadedError as err:
+                request.app.state.service.metrics.rejected.labels(err.reason).inc()
+                return _error(status_for(err), str(err), {"Retry-After": str(err.retry_after_s)})
+            except BatcherStoppedError as err:
+                return _error(status_for(err), str(err), {"Retry-After": "5"})
+            except UploadError as err:  # raised before decoding (a file over the size limit)
                 request.app.state.service.metrics.rejected.labels(err.reason).inc()
                 return _error(status_for(err), str(err))
             except RequestValidationError as err:
@@ -259,25 +265,21 @@ def infer(
 ) -> InferenceResponse:
     """Classify base64-encoded images sent as one BYTES tensor; FP32 probabilities [N, 4] back."""
     inference = parse_request(body)
-    encoded = image_bytes(inference, settings)
-    started = perf_counter()
-    pixels = []
-    for index, data in enumerate(encoded):
-        try:
-            pixels.append(decode_image(data, max_pixels=settings.max_pixels))
-        except ImageDecodeError as err:
-            raise type(err)(f"input {INPUT_NAME!r} element {index}: {err}") from err
-    decoded = perf_counter()
-    probabilities = classifier.predict_batch(np.stack(pixels))
-    finished = perf_counter()
-    _record(request, state, probabilities, decoded - started, finished - decoded)
+    uploads = [Upload(None, data) for data in image_bytes(inference, settings)]
+    # The /predict path: decode_image on each, one model run shared through the micro-batcher.
+    outcome = classify_uploads(classifier, uploads, max_pixels=settings.max_pixels, batcher=state.batcher)
+    _record(request, state, outcome)
+    for index, item in enumerate(outcome.items):
+        if item.error is not None:
+            raise InferenceRequestError(f"input {INPUT_NAME!r} element {index}: {item.error}", status_for(item.error))
+    rows = [[item.probabilities[name] for name in CLASS_IDS] for item in outcome.items]
     return InferenceResponse(
         model_name=model_name,
         model_version=classifier.identity.version,
         id=inference.id,
         outputs=[ResponseOutput(
-            name=OUTPUT_NAME, shape=list(probabilities.shape), datatype="FP32",
-            data=probabilities.astype(np.float32).ravel().tolist(),
+            name=OUTPUT_NAME, shape=[len(rows), len(CLASS_IDS)], datatype="FP32",
+            data=np.asarray(rows, dtype=np.float32).ravel().tolist(),
         )],
     )
 
@@ -305,7 +307,7 @@ def image_bytes(inference: InferenceRequest, settings: Settings) -> list[bytes]:
     if tensor.datatype != "BYTES":
         raise InferenceRequestError(f"input {INPUT_NAME!r} must be BYTES (base64 image files), got {tensor.datatype}")
     elements = _flatten(tensor.data)
-    count = int(np.prod(tensor.shape)) if tensor.shape else 0
+    count = math.prod(tensor.shape) if tensor.shape else 0
     if len(tensor.shape) not in (1, 2) or tensor.shape[1:] not in ([], [1]) or count != len(elements):
         raise InferenceRequestError(
             f"input {INPUT_NAME!r} has shape {tensor.shape} and {len(elements)} elements; "
@@ -341,16 +343,25 @@ def _decode_base64(element: Any, index: int, max_bytes: int) -> bytes:
         raise InferenceRequestError(f"input {INPUT_NAME!r} element {index} is not valid base64: {err}") from err
 
 
-def _record(request: Request, state: ServiceState, probabilities: np.ndarray, decode_s: float, infer_s: float) -> None:
-    """The same metrics and access-log fields as /predict-batch: counts and labels, never image content."""
+def _record(request: Request, state: ServiceState, outcome: BatchOutcome) -> None:
+    """The metrics and access-log fields /predict-batch records: counts and labels, never image content.
+
+    The protocol fails the whole request on one bad image, so labels are counted only when
+    every image was classified.
+    """
     metrics = state.metrics
-    metrics.stage_seconds.labels(INFER_ENDPOINT, "decode").observe(decode_s)
-    metrics.stage_seconds.labels(INFER_ENDPOINT, "inference").observe(infer_s)
-    metrics.batch_size.observe(len(probabilities))
-    labels = Counter(CLASS_IDS[int(i)] for i in probabilities.argmax(axis=1))
+    metrics.stage_seconds.labels(INFER_ENDPOINT, "decode").observe(outcome.decode_seconds)
+    if outcome.batch_size:
+        metrics.stage_seconds.labels(INFER_ENDPOINT, "inference").observe(outcome.inference_seconds)
+        if state.batcher is None:  # else the batcher observes each shared run
+            metrics.batch_size.observe(outcome.batch_size)
+    reasons = Counter(item.error.reason for item in outcome.items if item.error is not None)
+    labels = Counter() if reasons else Counter(item.label for item in outcome.items)
     for label, count in labels.items():
         metrics.predictions.labels(label).inc(count)
+    for reason, count in reasons.items():
+        metrics.rejected.labels(reason).inc(count)
     request.state.log.update(
-        images=len(probabilities), labels=dict(labels),
-        decode_ms=round(decode_s * 1000, 3), inference_ms=round(infer_s * 1000, 3),
+        images=len(outcome.items), labels=dict(labels), rejected=dict(reasons),
+        decode_ms=round(outcome.decode_seconds * 1000, 3), inference_ms=round(outcome.inference_seconds * 1000, 3),
     )
