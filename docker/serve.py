@@ -1,0 +1,90 @@
+"""The container's start command: size workers and onnxruntime threads to the container, then serve.
+
+    WEB_CONCURRENCY     uvicorn worker processes (uvicorn's own variable); default 1
+    DSCNET_ORT_THREADS  onnxruntime threads per worker; default usable CPUs // workers, at least 1
+
+"Usable CPUs" is `app.cpus.available_cpus()`: the cgroup CPU quota and the affinity mask, not
+the host's core count, so `--cpus 2` on a 64-core host gives 2. Workers times threads never
+exceeds the quota by default: oversubscribing it makes the kernel throttle every process.
+
+One worker (the default) runs `dscnet serve`, the project's own start-up path. More workers
+run uvicorn's process manager with the same JSON log lines, after the model has passed its
+checks once here: uvicorn restarts a worker whose start-up failed, forever, instead of
+exiting. Each worker has its own metrics registry, so /metrics shows the worker that
+answered the scrape: scale out with replicas (compose, Kubernetes) when the metrics matter.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pydantic import ValidationError
+
+MAX_WORKERS = 64
+
+
+def worker_count(environ: dict[str, str]) -> int:
+    """WEB_CONCURRENCY as a worker count; ValueError names the variable when it is not 1..64."""
+    text = environ.get("WEB_CONCURRENCY", "1").strip() or "1"
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise ValueError(f"WEB_CONCURRENCY must be a whole number from 1 to {MAX_WORKERS}, got {text!r}")
+    return int(text)
+
+
+def threads_per_worker(cpus: int, workers: int) -> int:
+    """onnxruntime threads per worker so that workers x threads fits the CPUs."""
+    return max(1, cpus // workers)
+
+
+def log_config(level: str) -> dict:
+    """uvicorn's logging as JSON lines on stderr (app.logs), applied in every worker process."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "app.logs.JsonFormatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+        "loggers": {name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.error")},
+    }
+
+
+def main() -> int:
+    from app.cpus import available_cpus
+    from app.settings import Settings, describe_settings_error
+
+    try:
+        workers = worker_count(dict(os.environ))
+    except ValueError as err:
+        print(f"dscnet container: {err}", file=sys.stderr)
+        return 2
+    if not os.environ.get("DSCNET_ORT_THREADS"):
+        os.environ["DSCNET_ORT_THREADS"] = str(threads_per_worker(available_cpus(), workers))
+    try:
+        settings = Settings()
+    except ValidationError as err:
+        print(f"dscnet container: {describe_settings_error(err)}", file=sys.stderr)
+        return 2
+    if workers == 1:
+        from dscnet_cli import main as dscnet
+
+        return dscnet(["serve"])
+    from app.classifier import ModelLoadError, load_classifier
+
+    try:
+        load_classifier(settings.model_path, settings.card_path, threads=1)
+    except ModelLoadError as err:
+        print(f"dscnet container: the model could not be loaded: {err}", file=sys.stderr)
+        return 1
+    import uvicorn
+
+    # The workers read DSCNET_* (threads included) from the environment set above.
+    uvicorn.run(
+        "app.main:app", host=settings.host, port=settings.port, workers=workers,
+        log_config=log_config(settings.log_level), log_level=settings.log_level, access_log=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
