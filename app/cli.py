@@ -58,13 +58,15 @@ def build_server(settings: Settings):  # -> uvicorn.Server; uvicorn is imported 
 
     from app.logs import configure_logging
     from app.main import create_app
+    from app.server import GracefulServer
 
     configure_logging(settings.log_level)
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port,
         log_config=None, access_log=False, log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
-    return uvicorn.Server(config)
+    return GracefulServer(config)
 
 
 def run_serve(args: argparse.Namespace) -> int:
