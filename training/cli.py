@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Kept in step with training.architectures.ARCHITECTURES (which imports Keras; this module must not).
+ARCHITECTURE_NAMES = ("dscnet", "lenet5", "vgg16-bn-w0.125", "darknet53-w0.125", "plain-cnn")
 MISSING_EXTRA = "dscnet {command}: this command needs the training extra; install it with: pip install -e '.[train]'"
 
 
@@ -44,8 +46,9 @@ def run_train(args: argparse.Namespace) -> int:
     from training.data import DatasetError
     from training.train import TrainConfig, train
 
-    config = TrainConfig(data_dir=args.data_dir, out_dir=args.out or REPO_ROOT / "runs" / args.split,
-                         split=args.split, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    default_out = REPO_ROOT / "runs" / (args.split if args.arch == "dscnet" else args.arch)
+    config = TrainConfig(data_dir=args.data_dir, out_dir=args.out or default_out, split=args.split,
+                         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, arch=args.arch)
     try:
         folder = train(config)
     except DatasetError as err:
@@ -108,7 +111,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
         card["calibration"] = calibration_for_card(results["blocks"]["calibration"])
         write_card(card, card_path)
         (args.model.parent / "README.md").write_text(render_readme(card), encoding="utf-8")
+    else:
+        print(f"dscnet evaluate: no model card at {card_path}; metrics not added to a card", file=sys.stderr)
     print(f"report: {reports / 'report.md'}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    _needs_training_extra("compare")
+    _setup_logging()
+    from training.compare import compare
+
+    rows = compare(args.runs, args.data_dir, args.reports)
+    for row in rows:
+        print(f"{row['arch']:>18}: accuracy {100 * row['accuracy']:.2f}%, macro F1 {100 * row['macro']['f1']:.2f}%")
+    print(f"report: {args.reports / 'comparison.md'}")
     return 0
 
 
@@ -118,6 +135,8 @@ def add_commands(commands) -> None:
     train.add_argument("--data-dir", type=Path, default=default_data_dir(),
                        help="folder with Benign/ Early/ Pre/ Pro/ (default: $DSCNET_DATA_DIR or ../shared/data/all-taleqani)")
     train.add_argument("--split", choices=("blocks", "random"), default="blocks")
+    train.add_argument("--arch", choices=ARCHITECTURE_NAMES, default="dscnet",
+                       help="the model to train; the comparison models are reports, not shipped")
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=20)
     train.add_argument("--seed", type=int, default=0)
@@ -139,3 +158,9 @@ def add_commands(commands) -> None:
     evaluate.add_argument("--reports", type=Path, default=REPO_ROOT / "models" / "reports")
     evaluate.add_argument("--data-dir", type=Path, default=default_data_dir())
     evaluate.set_defaults(run=run_evaluate)
+
+    compare = commands.add_parser("compare", help="compare trained runs of several architectures")
+    compare.add_argument("runs", type=Path, nargs="+", help="run folders (dscnet first), e.g. runs/blocks runs/lenet5")
+    compare.add_argument("--reports", type=Path, default=REPO_ROOT / "models" / "reports")
+    compare.add_argument("--data-dir", type=Path, default=default_data_dir())
+    compare.set_defaults(run=run_compare)

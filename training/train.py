@@ -16,6 +16,7 @@ import tensorflow as tf
 from app.labels import CLASS_IDS
 from training.augment import training_dataset
 from training.data import Dataset, load_dataset, write_manifest
+from training.architectures import build_architecture
 from training.model import DSCNetConfig, build_dscnet
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ class TrainConfig:
     seed: int = 0
     block_size: int = 25
     limit_per_class: int | None = None  # for smoke runs only
-    model: DSCNetConfig = field(default_factory=DSCNetConfig)
+    arch: str = "dscnet"  # a name from training.architectures.ARCHITECTURES
+    model: DSCNetConfig = field(default_factory=DSCNetConfig)  # used when arch is "dscnet"
 
 
 class RestoreBestWeights(keras.callbacks.Callback):
@@ -98,7 +100,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
     val_data = tf.data.Dataset.from_tensor_slices(
         (x_val.astype(np.float32), smoothed_targets(y_val, config.label_smoothing),
          balancing_weights(y_val))).batch(50)
-    model = build_dscnet(config.model)
+    model = build_dscnet(config.model) if config.arch == "dscnet" else build_architecture(config.arch)
     compile_model(model, config.learning_rate, steps * config.epochs)
     best = RestoreBestWeights()
     history = model.fit(train_data, steps_per_epoch=steps, epochs=config.epochs, validation_data=val_data,

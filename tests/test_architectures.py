@@ -1,0 +1,49 @@
+"""The comparison architectures: each builds small, trains a step and exports to ONNX."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras", reason="the [train] extra is not installed")  # CI installs it
+
+from synthetic import smear_like  # noqa: E402
+from training.architectures import ARCHITECTURES, BUILDERS, build_architecture  # noqa: E402
+from training.cli import ARCHITECTURE_NAMES  # noqa: E402
+from training.compare import COMPARISON_TOLERANCE, onnx_flops  # noqa: E402
+from training.export import export_onnx  # noqa: E402
+
+
+def test_cli_names_match_the_registry():
+    assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES
+
+
+def test_unknown_architecture_is_refused():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_architecture("resnet")
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_each_architecture_trains_a_step_and_exports(family, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_architecture(family, width=0.0625)
+    assert model.input.name == "image" and model.output_shape == (None, 4)
+    assert model.layers[1].name == "smear_filter"
+    model.compile(optimizer="adam", loss=keras.losses.KLDivergence())
+    images = smear_like(32).astype("float32")
+    before = [w.copy() for w in model.get_weights()]
+    model.fit(images, np.eye(4, dtype="float32")[np.arange(32) % 4], batch_size=16, epochs=1, verbose=0)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    record = export_onnx(model, tmp_path / f"{family}.onnx", images, tolerance=COMPARISON_TOLERANCE)
+    assert set(k.split("@")[0] for k in record["max_abs_difference"]) == {"probabilities"}
+    assert onnx_flops(tmp_path / f"{family}.onnx") > 0
+
+
+def test_flops_of_a_single_convolution_are_counted_exactly(tmp_path):
+    inputs = keras.Input((224, 224, 3), name="image")
+    conv = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(conv)
+    outputs = keras.layers.Softmax(name="probabilities")(keras.layers.Dense(4, use_bias=False)(pooled))
+    model = keras.Model(inputs, outputs)
+    export_onnx(model, tmp_path / "one.onnx", smear_like(32).astype("float32"))
+    assert onnx_flops(tmp_path / "one.onnx") == 2 * 224 * 224 * 8 * 27 + 2 * 4 * 8
