@@ -26,6 +26,9 @@ from app.imaging import IMAGE_SIZE
 from app.labels import CLASS_IDS
 from app.model_card import ModelCard, ModelCardError, load_model_card
 
+#: The optional second output: (N, h, w, classes) class activation maps (app.explain).
+ACTIVATION_OUTPUT = "class_activation"
+
 
 class ModelLoadError(RuntimeError):
     """The model cannot be served."""
@@ -52,8 +55,9 @@ class OnnxClassifier:
         self.identity = ModelIdentity(card.name, card.version, card.sha256)
         self.input_name = session.get_inputs()[0].name
         self.output_name = card.output.name
+        self.has_activation = _has_activation_output(session)
         # One run at a time: each run already spreads over every usable CPU, so concurrent
-        # runs only contend. Adaptive micro-batching would replace this lock with a queue.
+        # runs only contend. Concurrent requests share runs through app.batching instead.
         self._lock = threading.Lock()
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
@@ -69,9 +73,36 @@ class OnnxClassifier:
             (output,) = self.session.run([self.output_name], {self.input_name: batch})
         return _check_probabilities(np.asarray(output, dtype=np.float64), len(images))
 
+    def predict_with_activation(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities as `predict_batch` gives them, and the class activation maps (N, h, w, 4) float32.
+
+        Only explanations ask for the maps: the probability-only run skips computing them.
+        """
+        if not self.has_activation:
+            raise ModelOutputError(f"the model has no {ACTIVATION_OUTPUT!r} output")
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            raise ValueError(f"expected uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3), got {images.dtype} {images.shape}")
+        feed = {self.input_name: images.astype(np.float32)}
+        with self._lock:
+            output, activation = self.session.run([self.output_name, ACTIVATION_OUTPUT], feed)
+        activation = np.asarray(activation, dtype=np.float32)
+        if activation.ndim != 4 or activation.shape[0] != len(images) or activation.shape[3] != len(CLASS_IDS):
+            raise ModelOutputError(f"the model's {ACTIVATION_OUTPUT!r} has shape {activation.shape}")
+        if not np.all(np.isfinite(activation)):
+            raise ModelOutputError(f"the model's {ACTIVATION_OUTPUT!r} is not finite")
+        return _check_probabilities(np.asarray(output, dtype=np.float64), len(images)), activation
+
     def warm_up(self) -> None:
         """One inference on a grey image: allocates buffers and proves the model runs."""
         self.predict_batch(np.full((1, IMAGE_SIZE, IMAGE_SIZE, 3), 128, dtype=np.uint8))
+
+
+def _has_activation_output(session: ort.InferenceSession) -> bool:
+    """True when the session has a (N, h, w, 4) float "class_activation" output."""
+    for output in session.get_outputs():
+        if output.name == ACTIVATION_OUTPUT:
+            return output.type == "tensor(float)" and len(output.shape) == 4 and output.shape[3] == len(CLASS_IDS)
+    return False
 
 
 def _check_probabilities(output: np.ndarray, count: int) -> np.ndarray:
@@ -130,6 +161,11 @@ def _create_session(data: bytes, model_path: Path, threads: int) -> ort.Inferenc
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # The CPUs are shared with decoding and HTTP: idle pool threads must sleep, not spin
+    # (spinning halved throughput when anything else ran; docs/PERFORMANCE.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Batch sizes vary run to run, and a memory pattern is planned and kept per input shape.
+    options.enable_mem_pattern = False
     options.log_severity_level = 3  # errors only; onnxruntime's notices are not our log lines
     try:
         return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])

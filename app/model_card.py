@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from app.calibration import CardCalibration
 from app.imaging import IMAGE_SIZE, PREPROCESSING_VERSION
 from app.labels import CLASS_IDS
 
@@ -64,6 +65,8 @@ class ModelCard(BaseModel):
     output: TensorSpec
     preprocessing: PreprocessingSpec
     opset: int = Field(ge=1)
+    #: temperature and referral threshold (app.calibration); None serves T=1 and refers every case
+    calibration: CardCalibration | None = None
 
     @field_validator("sha256", mode="before")
     @classmethod

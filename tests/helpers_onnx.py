@@ -1,9 +1,14 @@
 """A tiny stand-in for DSCNet, built in code: same input/output contract, four parameters' worth of logic.
 
 image [N,224,224,3] float 0..255 -> mean over H and W -> [N,3] -> MatMul W[3,4] + b -> Softmax
+  -> "probabilities" [N,4]
+image -> 4x4 average pooling -> [N,56,56,3] -> MatMul W -> "class_activation" [N,56,56,4]
 
-The weights make the label readable from the colour: red -> benign, green -> early_pre_b,
-blue -> pre_b, black -> pro_b, so tests can assert labels.
+As in the real model, the mean of the class activation map plus the bias is the logit (the
+probabilities are computed from the plain mean, which keeps them identical at any batch size). The
+weights make the label readable from the colour: red -> benign, green -> early_pre_b,
+blue -> pre_b, black -> pro_b, so tests can assert labels, and the heatmap of a class
+lights up where the image has that class's colour.
 """
 
 from __future__ import annotations
@@ -22,25 +27,60 @@ from app.labels import CLASS_IDS
 
 OPSET = 17
 SCALE = 8.0 / 255.0  # a pure colour gives a logit gap of 8: a confident but finite softmax
+POOL = 4  # the class activation map's stride, as in DSCNet (224 -> 56)
+
+#: A card's "calibration" block as training writes it (training.card.calibration_for_card).
+CALIBRATION = {
+    "method": "temperature scaling (validation NLL)",
+    "temperature": 1.5,
+    "refer_threshold": 0.9,
+    "refer_rule": "refer_to_human when the calibrated top probability is below refer_threshold",
+    "target_accepted_accuracy": 0.995,
+    "ece_test_before": 0.05,
+    "ece_test_after": 0.01,
+    "test_coverage": 0.9,
+    "test_selective_accuracy": 0.996,
+}
 
 
 def build_tiny_model(
-    path: Path, *, input_name: str = "image", output_name: str = "probabilities", image_size: int = IMAGE_SIZE
+    path: Path,
+    *,
+    input_name: str = "image",
+    output_name: str = "probabilities",
+    image_size: int = IMAGE_SIZE,
+    with_activation: bool = True,
 ) -> Path:
-    """Write the tiny ONNX model to `path`; the names and size can be changed to test refusals."""
+    """Write the tiny ONNX model to `path`; the names and size can be changed to test refusals.
+
+    Args:
+        with_activation: False leaves out the "class_activation" output, like models exported
+            before explanations existed.
+    """
     weights = np.zeros((3, len(CLASS_IDS)), dtype=np.float32)
     weights[0, 0] = weights[1, 1] = weights[2, 2] = SCALE
     bias = np.array([0.0, 0.0, 0.0, 1.0], dtype=np.float32)  # all-dark images lean to pro_b
+    side = image_size // POOL
+    nodes = [
+        helper.make_node("ReduceMean", [input_name], ["mean"], axes=[1, 2], keepdims=0),
+        helper.make_node("MatMul", ["mean", "weights"], ["logits_raw"]),
+        helper.make_node("Add", ["logits_raw", "bias"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], [output_name], axis=-1),
+    ]
+    if with_activation:
+        nodes += [
+            helper.make_node("Transpose", [input_name], ["nchw"], perm=[0, 3, 1, 2]),
+            helper.make_node("AveragePool", ["nchw"], ["pooled"], kernel_shape=[POOL, POOL], strides=[POOL, POOL]),
+            helper.make_node("Transpose", ["pooled"], ["pooled_nhwc"], perm=[0, 2, 3, 1]),
+            helper.make_node("MatMul", ["pooled_nhwc", "weights"], ["class_activation"]),
+        ]
     graph = helper.make_graph(
-        nodes=[
-            helper.make_node("ReduceMean", [input_name], ["mean"], axes=[1, 2], keepdims=0),
-            helper.make_node("MatMul", ["mean", "weights"], ["logits_raw"]),
-            helper.make_node("Add", ["logits_raw", "bias"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], [output_name], axis=-1),
-        ],
+        nodes=nodes,
         name="tiny_dscnet",
         inputs=[helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", image_size, image_size, 3])],
-        outputs=[helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", len(CLASS_IDS)])],
+        outputs=[helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", len(CLASS_IDS)])]
+        + ([helper.make_tensor_value_info("class_activation", TensorProto.FLOAT, ["N", side, side, len(CLASS_IDS)])]
+           if with_activation else []),
         initializer=[numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="dscnet-tests")

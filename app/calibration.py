@@ -1,0 +1,93 @@
+"""Calibrated probabilities and the "refer to a human" decision, from the model card's calibration.
+
+Training fits a temperature T and a confidence threshold t on the validation split and writes
+them to the card's `calibration` block. Serving applies
+
+    calibrated = softmax(log(p) / T)              (the same as dividing the logits by T)
+    refer_to_human = max(calibrated) < t  or  the image drew a quality warning
+
+Temperature scaling never changes which class is the most probable, only how confident the
+answer says it is. A card without a `calibration` block (an older model, a test model) is
+served with T = 1 and every case referred: the service has no validated threshold to accept
+any answer on its own. A threshold above 1 (validation found none that reached the target
+accuracy) also refers every case.
+
+This re-implements `training.calibrate.apply_temperature`: `app` never imports `training`;
+a test checks the two agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+_EPS = 1e-12
+NO_THRESHOLD_REASON = "the model has no validated referral threshold"
+
+
+class CardCalibration(BaseModel):
+    """The card's `calibration` block; fields the service does not use pass through."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    method: str = Field(min_length=1)
+    temperature: float = Field(gt=0, allow_inf_nan=False)
+    # Training writes the next float above 1.0 when no threshold reached the target accuracy.
+    refer_threshold: float = Field(ge=0, le=1.000001, allow_inf_nan=False)
+    target_accepted_accuracy: float | None = Field(None, gt=0, le=1)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What serving applies: a temperature and, if validated, a referral threshold."""
+
+    temperature: float = 1.0
+    refer_threshold: float | None = None
+    target_accepted_accuracy: float | None = None
+
+    @classmethod
+    def from_card(cls, block: CardCalibration | None) -> Calibration:
+        if block is None:
+            return cls()
+        return cls(block.temperature, block.refer_threshold, block.target_accepted_accuracy)
+
+
+def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log(p) / T) row by row; rows of a (N, C) array, float64, each summing to 1."""
+    logits = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), _EPS, 1.0)) / temperature
+    logits -= logits.max(axis=-1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Referral:
+    refer_to_human: bool
+    reason: str | None
+
+
+def refer(confidence: float, calibration: Calibration, warning_codes: Sequence[str] = ()) -> Referral:
+    """Whether a result needs a human, and why (None when it does not).
+
+    Args:
+        confidence: the calibrated top probability.
+        calibration: the model's temperature and threshold.
+        warning_codes: the image's quality warnings; any of them refers the case, because the
+            threshold was validated on images of good quality only.
+    """
+    reasons = []
+    threshold = calibration.refer_threshold
+    if threshold is None:
+        reasons.append(NO_THRESHOLD_REASON)
+    elif threshold > 1.0:
+        reasons.append("validation found no confidence threshold reaching the target accuracy; every case is referred")
+    elif confidence < threshold:
+        target = calibration.target_accepted_accuracy
+        validated = f", validated for {target:.1%} accuracy on accepted cases" if target else ""
+        reasons.append(f"calibrated confidence {confidence:.3f} is below the referral threshold {threshold:.3f}{validated}")
+    if warning_codes:
+        reasons.append("image quality warnings: " + ", ".join(warning_codes))
+    return Referral(bool(reasons), "; ".join(reasons) or None)

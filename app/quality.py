@@ -1,0 +1,142 @@
+"""Input-quality warnings a technician can act on, measured on the decoded 224x224 image.
+
+Each check is a plain statistic with a threshold set from the real dataset (2,866 stained
+peripheral-smear photographs of one lab, `all-taleqani`): every threshold lies well outside
+the range those images span, so a good smear draws no warning (a test checks this on all
+of them) and a warning means the image is unlike anything the model was validated on.
+
+| code            | statistic (on the decoded image)                               | warn when  | dataset range   |
+|-----------------|----------------------------------------------------------------|------------|-----------------|
+| out_of_focus    | variance of the 4-neighbour Laplacian of the grey image         | < 30       | 46 .. 2,033     |
+| under_exposed   | mean grey level (0..255)                                        | < 120      | 169 .. 245      |
+|                 | share of near-black pixels (every channel <= 10)                | > 5%       | 0 .. 0.2%       |
+| over_exposed    | mean grey level                                                 | > 250      | 169 .. 245      |
+|                 | share of clipped white pixels (every channel >= 250)            | > 75%      | 0 .. 54%        |
+| not_smear_like  | grey standard deviation (nearly uniform: no cells)              | < 6        | 13.6 .. 46      |
+|                 | 90th percentile of grey (a smear's background is bright)        | < 180      | 202 .. 255      |
+|                 | share of coloured pixels (saturation > 0.25) with hues from      | > 5%       | 0 .. 0.2%       |
+|                 | orange to cyan (20..180 degrees), which stains do not produce   |            |                 |
+
+Grey is ITU-R 601 luma. A Gaussian blur of radius 1.5 px brings every dataset image below
+the focus threshold. Hues of stained smears (Wright/Giemsa/May-Grunwald) lie from blue
+through purple to pink; green, yellow and orange areas mean a photograph of something else.
+Greyscale images are not flagged: the model is trained to cope with them. Two warnings are
+left out where another explains them better: `out_of_focus` on a nearly uniform image, and a
+dark background when `under_exposed` already fired.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FOCUS_MIN_LAPLACIAN_VAR = 30.0
+DARK_MAX_MEAN = 120.0
+DARK_PIXEL_LEVEL = 10
+DARK_MAX_SHARE = 0.05
+BRIGHT_MIN_MEAN = 250.0
+CLIPPED_PIXEL_LEVEL = 250
+CLIPPED_MAX_SHARE = 0.75
+UNIFORM_MAX_STD = 6.0
+BACKGROUND_MIN_P90 = 180.0
+OFF_STAIN_SATURATION = 0.25
+OFF_STAIN_HUES = (20.0, 180.0)  # degrees
+OFF_STAIN_MAX_SHARE = 0.05
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class QualityWarning:
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class QualityMeasures:
+    """The statistics the checks read; see the module's table."""
+
+    laplacian_var: float
+    mean_grey: float
+    std_grey: float
+    p90_grey: float
+    dark_share: float
+    clipped_share: float
+    off_stain_share: float
+
+
+def measure(pixels: np.ndarray) -> QualityMeasures:
+    """The quality statistics of one decoded image.
+
+    Args:
+        pixels: uint8 (H, W, 3) RGB, as `decode_image` returns it.
+    """
+    rgb = pixels.astype(np.float32)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    grey = rgb @ _LUMA
+    laplacian = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4 * grey[1:-1, 1:-1]
+    # Channel-wise maximum/minimum: numpy's reductions over a last axis of 3 are slow.
+    high = np.maximum(np.maximum(red, green), blue)
+    low = np.minimum(np.minimum(red, green), blue)
+    p90_index = int(0.9 * (grey.size - 1))
+    return QualityMeasures(
+        laplacian_var=float(laplacian.var()),
+        mean_grey=float(grey.mean()),
+        std_grey=float(grey.std()),
+        p90_grey=float(np.partition(grey.ravel(), p90_index)[p90_index]),
+        dark_share=float(np.count_nonzero(high <= DARK_PIXEL_LEVEL) / grey.size),
+        clipped_share=float(np.count_nonzero(low >= CLIPPED_PIXEL_LEVEL) / grey.size),
+        off_stain_share=_off_stain_share(red, green, blue, high, low),
+    )
+
+
+def _off_stain_share(
+    red: np.ndarray, green: np.ndarray, blue: np.ndarray, high: np.ndarray, low: np.ndarray
+) -> float:
+    """Share of pixels that are clearly coloured with a hue stains do not give (orange..cyan).
+
+    HSV saturation is chroma / max channel; the hue is computed for the coloured pixels only.
+    """
+    chroma = high - low
+    coloured = chroma > OFF_STAIN_SATURATION * high
+    if not coloured.any():
+        return 0.0
+    r, g, b, c = red[coloured], green[coloured], blue[coloured], chroma[coloured]
+    top = np.maximum(np.maximum(r, g), b)
+    hue = np.where(top == r, ((g - b) / c) % 6, np.where(top == g, (b - r) / c + 2, (r - g) / c + 4)) * 60.0
+    lo, hi = OFF_STAIN_HUES
+    return float(np.count_nonzero((hue >= lo) & (hue < hi)) / red.size)
+
+
+def assess_quality(pixels: np.ndarray) -> list[QualityWarning]:
+    """The warnings for one decoded image, in a fixed order; empty for a good smear."""
+    m = measure(pixels)
+    warnings: list[QualityWarning] = []
+    uniform = m.std_grey < UNIFORM_MAX_STD
+    if m.laplacian_var < FOCUS_MIN_LAPLACIAN_VAR and not uniform:
+        warnings.append(QualityWarning("out_of_focus", (
+            f"the image looks blurred (Laplacian variance {m.laplacian_var:.1f}, expected at least "
+            f"{FOCUS_MIN_LAPLACIAN_VAR:.0f}); refocus the microscope or check the image was not upscaled")))
+    under = m.mean_grey < DARK_MAX_MEAN or m.dark_share > DARK_MAX_SHARE
+    if under:
+        warnings.append(QualityWarning("under_exposed", (
+            f"the image is too dark (mean grey {m.mean_grey:.0f} of 255, {m.dark_share:.0%} near-black pixels); "
+            "increase the illumination or exposure time")))
+    if m.mean_grey > BRIGHT_MIN_MEAN or m.clipped_share > CLIPPED_MAX_SHARE:
+        warnings.append(QualityWarning("over_exposed", (
+            f"the image is too bright (mean grey {m.mean_grey:.0f} of 255, {m.clipped_share:.0%} clipped white "
+            "pixels); reduce the illumination or exposure time")))
+    reasons = []
+    if uniform:
+        reasons.append(f"it is nearly uniform (grey standard deviation {m.std_grey:.1f}), no cells are visible")
+    elif m.p90_grey < BACKGROUND_MIN_P90 and not under:
+        reasons.append(f"its background is not bright (90th percentile grey {m.p90_grey:.0f}, a smear's is above "
+                       f"{BACKGROUND_MIN_P90:.0f})")
+    if m.off_stain_share > OFF_STAIN_MAX_SHARE:
+        reasons.append(f"{m.off_stain_share:.0%} of it has colours (orange to cyan) that smear stains do not give")
+    if reasons:
+        warnings.append(QualityWarning("not_smear_like", (
+            "this does not look like a stained blood smear: " + "; ".join(reasons)
+            + "; check that the right image was sent")))
+    return warnings
