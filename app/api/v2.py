@@ -191,7 +191,10 @@ def _readiness(body: dict[str, Any], state: ServiceState) -> JSONResponse:
     return JSONResponse({**body, "ready": False}, status_code=503, headers={"Retry-After": "5"})
 
 
-@router.get("/models/{model_name}", response_model=ModelMetadata, response_model_exclude_none=True)
+@router.get(
+    "/models/{model_name}", response_model=ModelMetadata, response_model_exclude_none=True,
+    responses={404: {"description": "Unknown model."}, 503: {"description": "Not ready yet."}},
+)
 async def model_metadata(model_name: ServedModelDep, classifier: ClassifierDep) -> ModelMetadata:
     """Model metadata: the encoded-image input, the FP32 [N, 4] output and its class order."""
     identity = classifier.identity
