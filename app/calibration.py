@@ -56,7 +56,13 @@ class Calibration:
 
 
 def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log(p) / T) row by row; rows of a (N, C) array, float64, each summing to 1."""
+    """softmax(log(p) / T) row by row; rows of a (N, C) array, float64, each summing to 1.
+
+    T = 1 returns the rows unchanged (not merely within rounding), so an uncalibrated model
+    reports exactly what it computed.
+    """
+    if temperature == 1.0:
+        return np.array(probabilities, dtype=np.float64)
     logits = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), _EPS, 1.0)) / temperature
     logits -= logits.max(axis=-1, keepdims=True)
     exp = np.exp(logits)

@@ -135,7 +135,11 @@ def _as_json(classifier: OnnxClassifier, outcomes: list[tuple[Path, ImageOutcome
         if item.error is not None:
             result["error"] = {"code": item.error.reason, "detail": str(item.error)}
         else:
-            result.update(label=item.label, probabilities=item.probabilities)
+            result.update(
+                label=item.label, probabilities=item.probabilities, uncalibrated_probabilities=item.uncalibrated,
+                refer_to_human=item.refer_to_human, refer_reason=item.refer_reason,
+                warnings=[{"code": w.code, "detail": w.detail} for w in item.warnings],
+            )
         results.append(result)
     model = {"name": identity.name, "version": identity.version, "sha256": identity.sha256}
     return {"model": model, "results": results}
@@ -143,12 +147,15 @@ def _as_json(classifier: OnnxClassifier, outcomes: list[tuple[Path, ImageOutcome
 
 def _as_table(outcomes: list[tuple[Path, ImageOutcome]]) -> str:
     width = max([len("FILE")] + [len(str(path)) for path, _ in outcomes])
-    header = f"{'FILE':<{width}}  {'LABEL':<12}" + "".join(f"{c:>12}" for c in CLASS_IDS)
+    # Calibrated probabilities; REFER yes means a person must review it (--json gives the reason).
+    header = f"{'FILE':<{width}}  {'LABEL':<12}" + "".join(f"{c:>12}" for c in CLASS_IDS) + "  REFER  WARNINGS"
     lines = [header]
     for path, item in outcomes:
         if item.error is not None:
             lines.append(f"{str(path):<{width}}  error: {item.error.reason}: {item.error}")
         else:
             probabilities = "".join(f"{item.probabilities[c]:>12.4f}" for c in CLASS_IDS)
-            lines.append(f"{str(path):<{width}}  {item.label:<12}{probabilities}")
+            refer = "yes" if item.refer_to_human else "no"
+            warnings = ",".join(w.code for w in item.warnings) or "-"
+            lines.append(f"{str(path):<{width}}  {item.label:<12}{probabilities}  {refer:<5}  {warnings}")
     return "\n".join(lines)

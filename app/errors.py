@@ -13,7 +13,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from app.batching import BatcherStoppedError, OverloadedError
+from app.explain import ExplanationUnavailableError
 from app.imaging import CorruptImageError, ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from app.lis.negotiate import NotAcceptableError
 from app.uploads import (
     EmptyFileError,
     ExtraFileError,
@@ -51,6 +53,8 @@ HTTP_STATUS: dict[type[Exception], int] = {
     ModelNotReadyError: 503,
     BatcherStoppedError: 503,
     OverloadedError: 503,
+    NotAcceptableError: 406,
+    ExplanationUnavailableError: 501,
 }
 
 
@@ -101,6 +105,12 @@ def install_error_handlers(app: FastAPI) -> None:
         status = status_for(error)
         body = error_content(status, error.reason, str(error), None, _request_id(request))
         return JSONResponse(body, status_code=status, headers={"Retry-After": "5"})
+
+    @app.exception_handler(NotAcceptableError)
+    @app.exception_handler(ExplanationUnavailableError)
+    async def _cannot_answer(request: Request, error: NotAcceptableError | ExplanationUnavailableError) -> JSONResponse:
+        status = status_for(error)
+        return JSONResponse(error_content(status, error.reason, str(error), None, _request_id(request)), status)
 
     @app.exception_handler(BatcherStoppedError)
     async def _stopping(request: Request, error: BatcherStoppedError) -> JSONResponse:

@@ -39,6 +39,12 @@ MAX_OPACITY = 0.6
 PNG_COMPRESS_LEVEL = 6
 
 
+class ExplanationUnavailableError(RuntimeError):
+    """The model being served has no "class_activation" output (exported before explanations)."""
+
+    reason = "explanation_unavailable"
+
+
 @dataclass(frozen=True)
 class Explanation:
     class_id: str
@@ -89,7 +95,7 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def explain(pixels: np.ndarray, activation: np.ndarray, class_index: int, class_id: str) -> Explanation:
+def explain_image(pixels: np.ndarray, activation: np.ndarray, class_index: int, class_id: str) -> Explanation:
     """The heatmap overlay for one image and one class.
 
     Args:

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.api import health, predict, v2
+from app.api import explain, health, predict, v2, web
 from app.api.deps import ServiceState
 from app.batching import start_batcher
 from app.classifier import ModelLoadError, load_classifier
@@ -93,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(health.router)
     app.include_router(v2.router)
+    app.include_router(explain.router)
+    web.install(app)  # the page at / and /static
     install_access_control(app)  # inside the request context: 401s get an id, a count, a log line
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

@@ -1,6 +1,7 @@
 """The prediction path shared by the HTTP service and `dscnet predict`:
 
-    uploads -> decode_image (each) -> stack -> OnnxClassifier.predict_batch (one run) -> outcomes
+    uploads -> decode_image (each) -> quality checks -> stack -> OnnxClassifier.predict_batch
+      (one run) -> calibration and referral -> outcomes [-> heatmaps, when explaining]
 
 With a `MicroBatcher` the run is shared with concurrent requests (app.batching): the request
 announces itself before decoding, so a worker holding a partial batch may wait for it.
@@ -11,15 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 
 import numpy as np
 
 from app.batching import Arrival, MicroBatcher
+from app.calibration import Calibration, apply_temperature, refer
 from app.classifier import OnnxClassifier
+from app.explain import Explanation, ExplanationUnavailableError, explain_image
 from app.imaging import ImageDecodeError, decode_image
 from app.labels import CLASS_IDS
+from app.quality import QualityWarning, assess_quality
 from app.uploads import Upload, UploadError
 
 
@@ -29,7 +33,13 @@ class ImageOutcome:
 
     filename: str | None
     label: str | None = None
+    #: calibrated (app.calibration); the model's own output is in `uncalibrated`
     probabilities: dict[str, float] | None = None
+    uncalibrated: dict[str, float] | None = None
+    refer_to_human: bool | None = None
+    refer_reason: str | None = None
+    warnings: list[QualityWarning] = field(default_factory=list)
+    explanation: Explanation | None = None
     error: ImageDecodeError | UploadError | None = None
 
 
@@ -48,6 +58,7 @@ def classify_uploads(
     *,
     max_pixels: int,
     batcher: MicroBatcher | None = None,
+    explain: bool = False,
 ) -> BatchOutcome:
     """Decode every upload, run the decodable ones through the model as one batch.
 
@@ -56,13 +67,17 @@ def classify_uploads(
         uploads: files in the order sent; an upload that already carries an error is kept as is.
         max_pixels: the decompression-bomb limit passed to `decode_image`.
         batcher: when given, the model run goes through it (shared with concurrent requests).
+        explain: also ask the model for its class activation maps and draw each image's
+            heatmap (a run of its own: the batcher's shared runs give probabilities only).
     """
-    with batcher.arriving() if batcher is not None else nullcontext() as arrival:
-        return _classify(classifier, uploads, max_pixels, arrival)
+    if explain and not classifier.has_activation:
+        raise ExplanationUnavailableError("the model being served has no class activation output to explain with")
+    with batcher.arriving() if batcher is not None and not explain else nullcontext() as arrival:
+        return _classify(classifier, uploads, max_pixels, arrival, explain)
 
 
 def _classify(
-    classifier: OnnxClassifier, uploads: Sequence[Upload], max_pixels: int, arrival: Arrival | None
+    classifier: OnnxClassifier, uploads: Sequence[Upload], max_pixels: int, arrival: Arrival | None, explain: bool
 ) -> BatchOutcome:
     items: list[ImageOutcome] = []
     pixels: list[np.ndarray] = []
@@ -78,6 +93,7 @@ def _classify(
         except ImageDecodeError as err:
             item.error = err
             continue
+        item.warnings = assess_quality(pixels[-1])
         decoded.append(item)
     decode_seconds = perf_counter() - start
 
@@ -85,9 +101,20 @@ def _classify(
         return BatchOutcome(items, decode_seconds, 0.0, 0)  # no model run
     start = perf_counter()
     batch = np.stack(pixels)
-    probabilities = arrival.predict(batch) if arrival is not None else classifier.predict_batch(batch)
+    if explain:
+        probabilities, activation = classifier.predict_with_activation(batch)
+    else:
+        probabilities = arrival.predict(batch) if arrival is not None else classifier.predict_batch(batch)
     inference_seconds = perf_counter() - start
-    for item, row in zip(decoded, probabilities, strict=True):
-        item.label = CLASS_IDS[int(np.argmax(row))]
+    calibration = Calibration.from_card(classifier.card.calibration)
+    calibrated = apply_temperature(probabilities, calibration.temperature)
+    for index, (item, raw, row) in enumerate(zip(decoded, probabilities, calibrated, strict=True)):
+        top = int(np.argmax(row))
+        item.label = CLASS_IDS[top]
         item.probabilities = dict(zip(CLASS_IDS, (float(p) for p in row), strict=True))
+        item.uncalibrated = dict(zip(CLASS_IDS, (float(p) for p in raw), strict=True))
+        referral = refer(float(row[top]), calibration, [warning.code for warning in item.warnings])
+        item.refer_to_human, item.refer_reason = referral.refer_to_human, referral.reason
+        if explain:
+            item.explanation = explain_image(pixels[index], activation[index], top, item.label)
     return BatchOutcome(items, decode_seconds, inference_seconds, len(pixels))

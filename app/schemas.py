@@ -35,12 +35,40 @@ class TimingMs(BaseModel):
     )
 
 
+WarningCode = Literal["out_of_focus", "under_exposed", "over_exposed", "not_smear_like"]
+
+
+class ImageWarning(BaseModel):
+    """An input-quality problem a technician can fix (app.quality); any warning refers the case."""
+
+    code: WarningCode
+    detail: str
+
+
+class Heatmap(BaseModel):
+    """Where the model found evidence for `class_id`, overlaid on the 224x224 input (app.explain)."""
+
+    class_id: ClassId
+    media_type: Literal["image/png"] = "image/png"
+    png_base64: str
+
+
 class Prediction(BaseModel):
     request_id: str
     label: ClassId = Field(description="The most probable class.")
-    probabilities: SubtypeProbabilities
+    probabilities: SubtypeProbabilities = Field(
+        description="Calibrated probabilities (the model card's temperature applied): the ones to read."
+    )
+    uncalibrated_probabilities: SubtypeProbabilities = Field(description="The model's own softmax output.")
+    refer_to_human: bool = Field(
+        description="True when the calibrated top probability is below the validated threshold, the image drew "
+        "a quality warning, or the model has no validated threshold."
+    )
+    refer_reason: str | None = Field(description="Why the case is referred; null when it is not.")
+    warnings: list[ImageWarning] = Field(description="Input-quality warnings; empty for a good image.")
     model: ModelRef
     timing_ms: TimingMs
+    explanation: Heatmap | None = Field(None, description="The heatmap, only with ?explain=true.")
 
 
 class ItemError(BaseModel):
@@ -54,6 +82,10 @@ class BatchItem(BaseModel):
     filename: str | None
     label: ClassId | None = None
     probabilities: SubtypeProbabilities | None = None
+    uncalibrated_probabilities: SubtypeProbabilities | None = None
+    refer_to_human: bool | None = None
+    refer_reason: str | None = None
+    warnings: list[ImageWarning] | None = None
     error: ItemError | None = None
 
 
@@ -90,17 +122,20 @@ class Readiness(BaseModel):
 
 _MODEL = {"name": "dscnet", "version": "1.0.0", "sha256": "3f1c…e9a0"}
 _PROBS = {"benign": 0.012, "early_pre_b": 0.931, "pre_b": 0.041, "pro_b": 0.016}
+_RAW = {"benign": 0.004, "early_pre_b": 0.975, "pre_b": 0.016, "pro_b": 0.005}
+_ACCEPTED = {"uncalibrated_probabilities": _RAW, "refer_to_human": False, "refer_reason": None, "warnings": []}
 _RID = "6f0d8c6c2b8a4a7e9a1d0c3b5e2f7a19"
 
 PREDICTION_EXAMPLE = {
-    "request_id": _RID, "label": "early_pre_b", "probabilities": _PROBS, "model": _MODEL,
-    "timing_ms": {"decode": 4.1, "inference": 17.9, "total": 23.0},
+    "request_id": _RID, "label": "early_pre_b", "probabilities": _PROBS, **_ACCEPTED, "model": _MODEL,
+    "timing_ms": {"decode": 4.1, "inference": 17.9, "total": 23.0}, "explanation": None,
 }
 BATCH_EXAMPLE = {
     "request_id": _RID, "model": _MODEL, "count": 2, "failed": 1,
     "timing_ms": {"decode": 8.3, "inference": 31.2, "total": 41.0},
     "results": [
-        {"index": 0, "filename": "smear-001.jpg", "label": "early_pre_b", "probabilities": _PROBS},
+        {"index": 0, "filename": "smear-001.jpg", "label": "early_pre_b", "probabilities": _PROBS,
+         "uncalibrated_probabilities": _RAW, "refer_to_human": False, "warnings": []},
         {"index": 1, "filename": "notes.txt", "error": {
             "status": 415, "code": "unsupported_format",
             "detail": "the file is not a recognised image; send JPEG, PNG, TIFF, BMP or WebP"}},

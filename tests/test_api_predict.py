@@ -17,7 +17,10 @@ def post_image(client: TestClient, data: bytes, filename: str = "smear.png", **k
 
 
 def assert_prediction(body: dict, label: str | None = None) -> None:
-    assert set(body) == {"request_id", "label", "probabilities", "model", "timing_ms"}
+    assert set(body) == {
+        "request_id", "label", "probabilities", "uncalibrated_probabilities", "refer_to_human", "refer_reason",
+        "warnings", "model", "timing_ms", "explanation",
+    }
     assert set(body["probabilities"]) == set(CLASS_IDS)
     assert math.isclose(sum(body["probabilities"].values()), 1.0, abs_tol=1e-9)
     assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)

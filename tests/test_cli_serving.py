@@ -47,10 +47,11 @@ def test_predict_prints_a_table(tiny_model: Path, image_files: dict[str, Path], 
     code = main(["predict", str(image_files["red.png"]), str(image_files["blue.jpg"]), "--model", str(tiny_model)])
     out = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert out[0].split() == ["FILE", "LABEL", "benign", "early_pre_b", "pre_b", "pro_b"]
+    assert out[0].split() == ["FILE", "LABEL", "benign", "early_pre_b", "pre_b", "pro_b", "REFER", "WARNINGS"]
     assert out[1].split()[:2] == [str(image_files["red.png"]), "benign"]
     assert out[2].split()[:2] == [str(image_files["blue.jpg"]), "pre_b"]
-    assert abs(sum(float(v) for v in out[1].split()[2:]) - 1) < 1e-3
+    assert abs(sum(float(v) for v in out[1].split()[2:6]) - 1) < 1e-3
+    assert out[1].split()[6:] == ["yes", "under_exposed,not_smear_like"]  # plain red; the test card has no calibration
 
 
 def test_predict_json_reports_errors_per_file_and_exits_1(
@@ -66,6 +67,9 @@ def test_predict_json_reports_errors_per_file_and_exits_1(
     assert body["model"]["name"] == "dscnet"
     assert [r["file"] for r in body["results"]] == [str(p) for p in paths]
     assert body["results"][0]["label"] == "benign"
+    assert body["results"][0]["refer_to_human"] is True and body["results"][0]["refer_reason"]
+    assert [w["code"] for w in body["results"][0]["warnings"]] == ["under_exposed", "not_smear_like"]
+    assert body["results"][0]["uncalibrated_probabilities"] == body["results"][0]["probabilities"]  # no calibration
     assert [r.get("error", {}).get("code") for r in body["results"]] == [
         None, "unsupported_format", "too_many_pixels", "unreadable_file", "empty_file"]
 

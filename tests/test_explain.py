@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from app.classifier import ModelOutputError, load_classifier
-from app.explain import COLORMAP_ANCHORS, blend, class_evidence, colorize, explain, heat_map
+from app.explain import COLORMAP_ANCHORS, blend, class_evidence, colorize, explain_image, heat_map
 from app.labels import CLASS_IDS
 from helpers_onnx import build_tiny_model, write_card
 
@@ -63,7 +63,7 @@ def test_tiny_model_heatmap_lights_up_the_class_colour(tiny_model: Path) -> None
     probabilities, activation = classifier.predict_with_activation(pixels[None])
     assert activation.shape == (1, 56, 56, 4)
     np.testing.assert_allclose(probabilities, classifier.predict_batch(pixels[None]), atol=1e-6)
-    result = explain(pixels, activation[0], CLASS_IDS.index("benign"), "benign")
+    result = explain_image(pixels, activation[0], CLASS_IDS.index("benign"), "benign")
     assert result.heat[:60, :60].mean() > 0.9 and result.heat[80:, 80:].max() == 0.0
     overlay = np.asarray(Image.open(io.BytesIO(result.png)))
     assert overlay.shape == (224, 224, 3)
@@ -73,8 +73,8 @@ def test_tiny_model_heatmap_lights_up_the_class_colour(tiny_model: Path) -> None
 def test_the_same_input_gives_the_same_png(tiny_model: Path) -> None:
     classifier = load_classifier(tiny_model, tiny_model.with_suffix(".json"), threads=1)
     pixels = red_corner_image()
-    first = explain(pixels, classifier.predict_with_activation(pixels[None])[1][0], 0, "benign").png
-    second = explain(pixels, classifier.predict_with_activation(pixels[None])[1][0], 0, "benign").png
+    first = explain_image(pixels, classifier.predict_with_activation(pixels[None])[1][0], 0, "benign").png
+    second = explain_image(pixels, classifier.predict_with_activation(pixels[None])[1][0], 0, "benign").png
     assert first == second and first.startswith(b"\x89PNG\r\n\x1a\n")
 
 

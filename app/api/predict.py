@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections import Counter
 from time import perf_counter
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 
 from app.api.deps import (
     BatchUploadsDep,
@@ -19,6 +20,15 @@ from app.api.deps import (
     ServiceState,
     SettingsDep,
     StateDep,
+)
+from app.api.formats import (
+    LIS_CONTENT,
+    NO_EXPLANATION,
+    NOT_ACCEPTABLE,
+    AnswerFormatDep,
+    heatmap,
+    outcome_fields,
+    render,
 )
 from app.classifier import OnnxClassifier
 from app.errors import status_for
@@ -31,7 +41,6 @@ from app.schemas import (
     ItemError,
     ModelRef,
     Prediction,
-    SubtypeProbabilities,
     TimingMs,
     error_responses,
 )
@@ -58,26 +67,39 @@ def _ok(example: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
 @router.post(
     "/predict",
     response_model=Prediction,
-    responses={**_ok(PREDICTION_EXAMPLE), **error_responses("image")},
+    responses={
+        200: {"content": {"application/json": {"example": PREDICTION_EXAMPLE}, **LIS_CONTENT}},
+        **error_responses("image"), **NOT_ACCEPTABLE, **NO_EXPLANATION,
+    },
     openapi_extra=_upload_body("image", many=False),
 )
 def predict(
-    request: Request, state: StateDep, classifier: ClassifierDep, settings: SettingsDep, upload: ImageUploadDep
-) -> Prediction:
-    """Classify one image sent as multipart/form-data in the field `image`."""
-    outcome = classify_uploads(classifier, [upload], max_pixels=settings.max_pixels, batcher=state.batcher)
+    request: Request,
+    state: StateDep,
+    classifier: ClassifierDep,
+    settings: SettingsDep,
+    answer: AnswerFormatDep,  # before the upload: a 406 is sent without reading the body
+    upload: ImageUploadDep,
+    explain: Annotated[bool, Query(description="Add the heatmap of the predicted class (app.explain).")] = False,
+) -> Prediction | Response:
+    """Classify one image sent as multipart/form-data in the field `image`; JSON, FHIR R4 or HL7 v2.5.1."""
+    outcome = classify_uploads(
+        classifier, [upload], max_pixels=settings.max_pixels, batcher=state.batcher, explain=explain
+    )
     timing = _timing(request, outcome)
     _record(request, state, "/predict", outcome, timing)
     item = outcome.items[0]
     if item.error is not None:
         raise item.error  # the error handlers turn it into its 400/413/415/422 body
-    return Prediction(
+    prediction = Prediction(
         request_id=request.state.request_id,
         label=item.label,
-        probabilities=SubtypeProbabilities(**item.probabilities),
         model=_model_ref(classifier),
         timing_ms=timing,
+        explanation=heatmap(item),
+        **outcome_fields(item),
     )
+    return render(prediction, answer)
 
 
 @router.post(
@@ -96,9 +118,7 @@ def predict_batch(
     _record(request, state, "/predict-batch", outcome, timing)
     results = []
     for index, item in enumerate(outcome.items):
-        result = BatchItem(index=index, filename=item.filename, label=item.label)
-        if item.probabilities is not None:
-            result.probabilities = SubtypeProbabilities(**item.probabilities)
+        result = BatchItem(index=index, filename=item.filename, label=item.label, **outcome_fields(item))
         if item.error is not None:
             result.error = ItemError(status=status_for(item.error), code=item.error.reason, detail=str(item.error))
         results.append(result)

@@ -1,0 +1,46 @@
+"""Clients and images for the lab-facing tests: a tiny model whose card carries a calibration."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import helpers_smears as smears
+from app.main import create_app
+from app.settings import Settings
+from helpers_onnx import CALIBRATION, build_tiny_model, write_card
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def smear_png(seed: int = 0) -> bytes:
+    return png(smears.smear(seed))
+
+
+def model_with(folder: Path, calibration: dict[str, Any] | None = None, with_activation: bool = True) -> Path:
+    """A tiny model in `folder`, its card with `calibration` (None: no calibration block)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = build_tiny_model(folder / "dscnet.onnx", with_activation=with_activation)
+    write_card(model, **({"calibration": calibration} if calibration is not None else {}))
+    return model
+
+
+@contextmanager
+def client_for(model: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(model_path=model, ort_threads=1))) as client:
+        yield client
+
+
+def calibration(threshold: float, temperature: float = 1.5) -> dict[str, Any]:
+    return {**CALIBRATION, "refer_threshold": threshold, "temperature": temperature}
