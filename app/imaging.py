@@ -43,6 +43,10 @@ DEFAULT_MAX_PIXELS = 40_000_000  # a 7,000 x 5,700 camera frame; far above any s
 
 # We enforce our own pixel limit before decoding; Pillow's own check would only warn.
 Image.MAX_IMAGE_PIXELS = None
+# Pillow's parsers answer malformed bytes with many exception types besides OSError: fuzzing
+# found TypeError and KeyError from damaged TIFF frame headers. Whatever the type, bytes that
+# make the parser fail are a client's bad file (400), never a server fault (500).
+_PARSE_FAILURE = Exception
 
 
 class ImageDecodeError(ValueError):
@@ -72,17 +76,19 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     """
     if not data:
         raise CorruptImageError("the file is empty (0 bytes)")
-    image = _open(data, max_pixels)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow warns on odd EXIF; we handle failures
+    with warnings.catch_warnings():
+        # Pillow warns on odd EXIF and TIFF tags, from opening on; real failures raise, and a
+        # warning must not escape as an error where warnings are errors (found by fuzzing).
+        warnings.simplefilter("ignore")
+        image = _open(data, max_pixels)
+        try:
             image = _apply_orientation(image)
             rgb = _to_rgb(image)
             return _square_resize(rgb)
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        if isinstance(err, ImageDecodeError):
+        except ImageDecodeError:
             raise
-        raise CorruptImageError(f"the {image.format or 'image'} data is damaged or truncated: {err}") from err
+        except Exception as err:  # see _PARSE_FAILURE
+            raise CorruptImageError(f"the {image.format or 'image'} data is damaged or truncated: {err}") from err
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -92,7 +98,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise UnsupportedImageError(
             "the file is not a recognised image; send JPEG, PNG, TIFF, BMP or WebP"
         ) from err
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
+    except _PARSE_FAILURE as err:
         raise CorruptImageError(f"the image header is damaged: {err}") from err
     if image.format not in SUPPORTED_FORMATS:
         raise UnsupportedImageError(
@@ -106,16 +112,20 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             f"the image has {width}x{height} = {width * height:,} pixels, "
             f"more than the limit of {max_pixels:,}"
         )
-    if getattr(image, "n_frames", 1) > 1:
+    try:
+        frames = getattr(image, "n_frames", 1)  # reads every frame header of a TIFF
+    except _PARSE_FAILURE as err:
+        raise CorruptImageError(f"the {image.format} frame headers are damaged: {err}") from err
+    if frames > 1:
         raise UnsupportedImageError(
-            f"the image has {image.n_frames} frames (animated or multi-page); send one frame per file"
+            f"the image has {frames} frames (animated or multi-page); send one frame per file"
         )
     if image.format == "JPEG":
         # Decode at a reduced DCT scale, keeping at least twice the target size.
         image.draft(image.mode, (2 * IMAGE_SIZE, 2 * IMAGE_SIZE))
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
+    except _PARSE_FAILURE as err:
         raise CorruptImageError(f"the {image.format} data is damaged or truncated: {err}") from err
     return image
 
