@@ -50,6 +50,8 @@ function newResult(file) {
   const item = $("#result-template").content.firstElementChild.cloneNode(true);
   item.querySelector(".file-name").textContent = file.name;
   const original = item.querySelector(".original");
+  // Browsers cannot show every format the service reads (TIFF, or a file that is no image).
+  original.addEventListener("error", () => { original.closest("figure").hidden = true; });
   original.src = URL.createObjectURL(file);
   original.alt = `Image sent: ${file.name}`;
   item.dataset.state = "pending";
