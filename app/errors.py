@@ -139,5 +139,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _server_fault(request: Request, error: Exception) -> JSONResponse:
         # Starlette re-raises the error after this answer, so the server logs its traceback.
-        body = error_content(500, "internal_error", "the server failed; see its log", None, _request_id(request))
-        return JSONResponse(body, status_code=500)
+        # This answer is sent from outside every middleware (Starlette's ServerErrorMiddleware),
+        # so the request-id header the request-context middleware adds must be set here.
+        request_id = _request_id(request)
+        body = error_content(500, "internal_error", "the server failed; see its log", None, request_id)
+        return JSONResponse(body, status_code=500, headers={"X-Request-ID": request_id} if request_id else None)
