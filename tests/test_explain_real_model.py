@@ -38,6 +38,12 @@ def masks(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @pytest.mark.slow
 def test_heatmaps_highlight_cells_more_than_the_corner_and_the_background(data_dir: Path) -> None:
+    """On average and in at least 3 images of 4, the heat on the stained cells is above the heat on
+    the scale-bar corner and above the heat on the background.
+
+    The heatmap is faithful to the model (its map means are the logits), so a failure here is a
+    finding about the model, e.g. a class told apart by the background or the scale bar.
+    """
     model = MODELS / "dscnet.onnx"
     if not model.is_file():
         pytest.fail(f"{model} is missing: the real model is committed with its card; this test needs it")
@@ -54,10 +60,16 @@ def test_heatmaps_highlight_cells_more_than_the_corner_and_the_background(data_d
             stained, background, corner = masks(pixels)
             if stained.sum() < 200:  # too few stained pixels to measure (rare): not a fair test image
                 continue
-            rows.append((path.name, heat[stained].mean(), heat[background].mean(), heat[corner].mean()))
+            rows.append((folder, heat[stained].mean(), heat[background].mean(), heat[corner].mean()))
     assert len(rows) >= PER_CLASS * len(CLASS_FOLDERS) * 3 // 4
-    names, cells, background, corner = zip(*rows, strict=True)
-    cells, background, corner = np.array(cells), np.array(background), np.array(corner)
-    table = "\n".join(f"{n}: cells {c:.3f} background {b:.3f} corner {k:.3f}" for n, c, b, k in rows)
-    assert cells.mean() > 2 * corner.mean() and cells.mean() > 2 * background.mean(), table
-    assert (cells > corner).mean() >= 0.9 and (cells > background).mean() >= 0.9, table
+    folders = np.array([row[0] for row in rows])
+    cells, background, corner = (np.array([row[i] for row in rows]) for i in (1, 2, 3))
+    report = "\n".join(
+        f"{folder}: mean heat cells {cells[folders == folder].mean():.3f}, background "
+        f"{background[folders == folder].mean():.3f}, corner {corner[folders == folder].mean():.3f}; "
+        f"cells hotter than background in {(cells > background)[folders == folder].mean():.0%}, "
+        f"than the corner in {(cells > corner)[folders == folder].mean():.0%}"
+        for folder in CLASS_FOLDERS
+    )
+    assert cells.mean() > corner.mean() and cells.mean() > background.mean(), report
+    assert (cells > corner).mean() >= 0.75 and (cells > background).mean() >= 0.75, report
