@@ -48,7 +48,9 @@ class ModelIdentity:
 class OnnxClassifier:
     """Runs the verified ONNX session on uint8 image batches; safe to share between threads."""
 
-    def __init__(self, session: ort.InferenceSession, card: ModelCard, raw_card: dict[str, Any]) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, card: ModelCard, raw_card: dict[str, Any], runs: int = 1
+    ) -> None:
         self.session = session
         self.card = card
         self.raw_card = raw_card
@@ -56,9 +58,10 @@ class OnnxClassifier:
         self.input_name = session.get_inputs()[0].name
         self.output_name = card.output.name
         self.has_activation = _has_activation_output(session)
-        # One run at a time: each run already spreads over every usable CPU, so concurrent
-        # runs only contend. Concurrent requests share runs through app.batching instead.
-        self._lock = threading.Lock()
+        # `runs` at a time (one per share of the CPUs): each run already spreads over its
+        # threads, so more runs would only contend. Concurrent requests share runs through
+        # app.batching instead.
+        self._lock = threading.BoundedSemaphore(runs)
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (N, 4) float64 rows summing to 1.
@@ -116,13 +119,14 @@ def _check_probabilities(output: np.ndarray, count: int) -> np.ndarray:
     return output / sums  # float32 softmax drifts by ~1e-7; make rows sum to 1 exactly-ish
 
 
-def load_classifier(model_path: Path, card_path: Path, threads: int) -> OnnxClassifier:
+def load_classifier(model_path: Path, card_path: Path, threads: int, runs: int = 1) -> OnnxClassifier:
     """Verify the card and the file, build the session, and warm it up.
 
     Args:
         model_path: the .onnx file.
         card_path: its model card (JSON).
-        threads: onnxruntime intra-op threads.
+        threads: onnxruntime intra-op threads of each run.
+        runs: model runs allowed at once (with `threads` each).
     """
     try:
         card, raw_card = load_model_card(card_path)
@@ -139,7 +143,7 @@ def load_classifier(model_path: Path, card_path: Path, threads: int) -> OnnxClas
         )
     session = _create_session(data, model_path, threads)
     _check_session_matches_card(session, card, model_path)
-    classifier = OnnxClassifier(session, card, raw_card)
+    classifier = OnnxClassifier(session, card, raw_card, runs)
     try:
         classifier.warm_up()
     except Exception as err:  # onnxruntime's errors share no base class but Exception

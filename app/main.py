@@ -54,7 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.not_ready_reason = "the model is loading"
     try:
         classifier = await run_in_threadpool(
-            load_classifier, settings.model_path, settings.card_path, settings.intra_op_threads
+            load_classifier, settings.model_path, settings.card_path, settings.intra_op_threads, settings.model_runs
         )
     except ModelLoadError as err:
         state.load_error = f"the model could not be loaded: {err}"
@@ -67,7 +67,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.metrics.set_model(classifier.identity)
     logger.info("model ready", extra={"fields": {
         "model": classifier.identity.name, "version": classifier.identity.version,
-        "sha256": classifier.identity.sha256, "threads": settings.intra_op_threads,
+        "sha256": classifier.identity.sha256, "threads": settings.intra_op_threads, "runs": settings.model_runs,
         "batching": settings.batching,
     }})
     try:

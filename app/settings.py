@@ -46,7 +46,10 @@ class Settings(BaseSettings):
         description="Most pixels an image header may declare (decompression bombs).",
     )
     ort_threads: int | None = Field(
-        None, ge=1, le=256, description="onnxruntime intra-op threads; default: usable CPUs."
+        None, ge=1, le=256, description="onnxruntime intra-op threads per run; default: usable CPUs / model_runs."
+    )
+    model_runs: int = Field(
+        1, ge=1, le=64, description="Model runs at once, each on its share of the CPUs (the thread layout)."
     )
     # Micro-batching of concurrent requests (app.batching); see docs/PERFORMANCE.md.
     batching: bool = Field(True, description="Coalesce concurrent requests into shared model runs.")
@@ -125,8 +128,8 @@ class Settings(BaseSettings):
 
     @property
     def intra_op_threads(self) -> int:
-        """onnxruntime's thread count: the setting, else the CPUs the process may use."""
-        return self.ort_threads or available_cpus()
+        """onnxruntime's threads per run: the setting, else the usable CPUs shared out between the runs."""
+        return self.ort_threads or max(1, available_cpus() // self.model_runs)
 
 
 @lru_cache

@@ -303,3 +303,22 @@ def test_the_batcher_stops_with_the_service(tiny_model: Path) -> None:
         assert post(client, (255, 0, 0)).status_code == 200
     with pytest.raises(BatcherStoppedError):
         batcher.predict_batch(image_of(1))
+
+
+def test_with_two_workers_two_runs_go_at_once(make_batcher: Callable[..., MicroBatcher]) -> None:
+    model = GatedModel()
+    batcher = make_batcher(model, max_batch_size=1, workers=2)
+    model.hold()
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(batcher.predict_batch, image_of(v)) for v in (1, 2)]
+        wait_until(lambda: len(model.runs) == 2)  # both runs started while the gate is shut
+        model.gate.set()
+        assert sorted(f.result(HANG_GUARD_S).tolist() for f in futures) == [[[1.0]], [[2.0]]]
+
+
+def test_the_thread_layout_shares_the_cpus_between_runs(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.settings.available_cpus", lambda: 4)
+    assert Settings(model_path=tiny_model).intra_op_threads == 4
+    assert Settings(model_path=tiny_model, model_runs=2).intra_op_threads == 2
+    assert Settings(model_path=tiny_model, model_runs=8).intra_op_threads == 1
+    assert Settings(model_path=tiny_model, model_runs=2, ort_threads=3).intra_op_threads == 3
