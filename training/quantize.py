@@ -1,0 +1,185 @@
+"""Static int8 quantisation of the exported model, shipped only if it keeps its accuracy.
+
+    float32 ONNX -> quant_pre_process -> quantize_static (QDQ, per-channel int8 convolution
+    weights, uint8 activations, calibrated on training images decoded by decode_image)
+    -> accuracy of both on the test split of the manifest -> dscnet-int8.onnx + its card
+
+Only convolutions and matrix products are quantised: the smear filter (logarithm and
+per-image standardisation) and the softmax stay in float, where int8 would cost accuracy
+for no speed. The int8 model is written only when its test accuracy is at least the float
+model's minus `--max-drop-points` (0.5 by default); either way both figures are printed and
+recorded. It is an option: the service serves it only when `DSCNET_MODEL_PATH` names it.
+
+    python -m training.quantize --model models/dscnet.onnx --manifest models/split.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from app.cpus import available_cpus
+from app.imaging import decode_image
+from app.labels import CLASS_IDS
+from training.card import read_card, sha256_file, write_card
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CALIBRATION_BATCH = 16
+
+
+class _Batches(CalibrationDataReader):
+    def __init__(self, input_name: str, images: np.ndarray) -> None:
+        self._feeds = iter(
+            {input_name: images[i:i + CALIBRATION_BATCH].astype(np.float32)}
+            for i in range(0, len(images), CALIBRATION_BATCH)
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def read_split(manifest: Path, data_dir: Path, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded images and class indices of one split; `limit` spreads a subset over the split."""
+    with manifest.open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["split"] == split]
+    if not rows:
+        raise ValueError(f"{manifest} has no rows with split={split}")
+    if limit is not None and len(rows) > limit:
+        rows = rows[:: len(rows) // limit][:limit]
+    images = np.stack([decode_image((data_dir / row["file"]).read_bytes()) for row in rows])
+    labels = np.array([CLASS_IDS.index(row["class"]) for row in rows])
+    return images, labels
+
+
+def session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = available_cpus()
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def predict(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    rows = [sess.run(["probabilities"], {name: images[i:i + 32].astype(np.float32)})[0]
+            for i in range(0, len(images), 32)]
+    return np.concatenate(rows)
+
+
+def images_per_s(sess: ort.InferenceSession, images: np.ndarray, batch: int, seconds: float = 3.0) -> float:
+    name = sess.get_inputs()[0].name
+    x = np.resize(images, (batch, *images.shape[1:])).astype(np.float32)
+    sess.run(["probabilities"], {name: x})
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        sess.run(["probabilities"], {name: x})
+        runs += 1
+    return runs * batch / (time.perf_counter() - start)
+
+
+def quantize(model: Path, output: Path, calibration: np.ndarray) -> None:
+    """Write the static QDQ int8 model of `model` to `output`."""
+    input_name = session(model).get_inputs()[0].name
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(output), _Batches(input_name, calibration),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=REPO_ROOT / "models" / "dscnet.onnx")
+    parser.add_argument("--manifest", type=Path, default=REPO_ROOT / "models" / "split.csv")
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get(
+        "DSCNET_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "all-taleqani")))
+    parser.add_argument("--calibration-images", type=int, default=256)
+    parser.add_argument("--max-drop-points", type=float, default=0.5)
+    parser.add_argument("--output", type=Path, help="default: <model>-int8.onnx beside the model")
+    parser.add_argument("--report", type=Path, help="default: <model folder>/reports/quantization.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    output = args.output or args.model.with_name(args.model.stem + "-int8.onnx")
+    report_path = args.report or args.model.parent / "reports" / "quantization.json"
+    calibration, _ = read_split(args.manifest, args.data_dir, "train", args.calibration_images)
+    test_images, test_labels = read_split(args.manifest, args.data_dir, "test")
+    log.info("calibrating on %d training images; testing on %d", len(calibration), len(test_images))
+
+    with tempfile.TemporaryDirectory() as scratch:
+        candidate = Path(scratch) / output.name
+        quantize(args.model, candidate, calibration)
+        float_sess, int8_sess = session(args.model), session(candidate)
+        float_probs, int8_probs = predict(float_sess, test_images), predict(int8_sess, test_images)
+        acc_float = float(np.mean(float_probs.argmax(1) == test_labels))
+        acc_int8 = float(np.mean(int8_probs.argmax(1) == test_labels))
+        speed = {f"batch{b}": {"float32": images_per_s(float_sess, test_images, b),
+                               "int8": images_per_s(int8_sess, test_images, b)} for b in (1, 16)}
+        drop_points = (acc_float - acc_int8) * 100
+        shipped = drop_points <= args.max_drop_points
+        report = {
+            "test_images": len(test_images),
+            "accuracy_float32": round(acc_float, 4),
+            "accuracy_int8": round(acc_int8, 4),
+            "drop_points": round(drop_points, 2),
+            "max_drop_points": args.max_drop_points,
+            "label_agreement": round(float(np.mean(float_probs.argmax(1) == int8_probs.argmax(1))), 4),
+            "max_probability_difference": round(float(np.abs(float_probs - int8_probs).max()), 4),
+            "images_per_s": {k: {m: round(v, 1) for m, v in d.items()} for k, d in speed.items()},
+            "calibration_images": len(calibration),
+            "method": "static QDQ; Conv/MatMul/Gemm; per-channel int8 weights; uint8 activations; MinMax",
+            "shipped": shipped,
+            "file": output.name if shipped else None,
+        }
+        if shipped:
+            candidate.replace(output)
+            write_card(int8_card(args.model, output, report), output.with_suffix(".json"))
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    log.info("%s", json.dumps(report, indent=2))
+    log.info("int8 %s: test accuracy %.2f%% vs float32 %.2f%% (drop %.2f points, limit %.2f)",
+             f"written to {output}" if shipped else "NOT shipped", acc_int8 * 100, acc_float * 100,
+             drop_points, args.max_drop_points)
+
+
+def int8_card(float_model: Path, int8_model: Path, report: dict) -> dict:
+    """The float model's card for the int8 file: its own file name and sha256, its accuracy."""
+    card = read_card(float_model.with_suffix(".json"))
+    card["file"] = int8_model.name
+    card["sha256"] = sha256_file(int8_model)
+    card["quantization"] = {**report, "source_file": float_model.name, "source_sha256": sha256_file(float_model)}
+    card["float32_metrics"] = card.get("metrics")
+    card["metrics"] = {"accuracy": report["accuracy_int8"], "test_images": report["test_images"],
+                       "note": "int8: test accuracy re-measured; other figures are the float model's, "
+                               "in float32_metrics"}
+    return card
+
+
+if __name__ == "__main__":
+    main()
