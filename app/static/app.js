@@ -178,6 +178,7 @@ function setUp() {
     zone.classList.remove("dragging");
     handleFiles(event.dataTransfer.files);
   });
+  $("#api-key").addEventListener("change", showModel);  // /model needs the key too, when keys are on
   showModel();
 }
 
