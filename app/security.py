@@ -36,13 +36,15 @@ if TYPE_CHECKING:
 
     from app.settings import Settings
 
-# Paths that never need a key: probes must work for the orchestrator, and the API
-# description is public (the code is open source). Matching is exact, so `/health/live/` or
-# `/Health/live` are not open: anything not listed here needs a key.
+# Paths that never need a key: probes must work for the orchestrator; the API description,
+# the web page and its static files hold no data (the code is open source), and the page is
+# where a technician types the key. Matching is exact, so `/health/live/` or `/Health/live`
+# are not open: anything not listed here needs a key.
 OPEN_PATHS = frozenset({
     "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready",
-    "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+    "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/",
 })
+OPEN_PREFIXES = ("/static/",)  # the page's files, served from app/static only
 # The v2 per-model readiness probe; `{model_name}` (the OpenAPI template) matches too.
 _OPEN_PATTERN = re.compile(r"^/v2/models/[^/]+/ready$")
 METRICS_ROUTE = "/metrics"
@@ -82,7 +84,7 @@ class AccessPolicy:
 
 def is_open_path(path: str) -> bool:
     """Whether `path` is open whatever the settings: the health probes and the API description."""
-    return path in OPEN_PATHS or bool(_OPEN_PATTERN.match(path))
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or bool(_OPEN_PATTERN.match(path))
 
 
 def load_access_policy(settings: Settings) -> AccessPolicy:

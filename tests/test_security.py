@@ -38,7 +38,7 @@ WRONG_KEY = "not-the-key-0123456789abcdef"
 # The open paths, as SECURITY.md lists them; /metrics is open unless DSCNET_METRICS_REQUIRE_KEY.
 DOCUMENTED_OPEN = {
     "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/v2/models/{model_name}/ready",
-    "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+    "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/", "/static",
 }
 
 
@@ -53,7 +53,9 @@ def keyed(tiny_model: Path) -> Iterator[TestClient]:
 
 
 def concrete(path: str) -> str:
-    """A request path for a route template: the served model's name, else any value."""
+    """A request path for a route template: the served model's name, a static file, else any value."""
+    if path == "/static":
+        return "/static/app.js"
     return path.replace("{model_name}", "dscnet").replace("{path:path}", "x").replace("{path}", "x")
 
 
@@ -95,9 +97,11 @@ def test_without_keys_access_is_open(client: TestClient) -> None:
 
 
 def test_the_open_paths_are_the_documented_ones() -> None:
-    assert {p for p in DOCUMENTED_OPEN if "{" not in p} == OPEN_PATHS
+    assert {p for p in DOCUMENTED_OPEN if "{" not in p and p != "/static"} == OPEN_PATHS
     assert is_open_path("/v2/models/{model_name}/ready") and is_open_path("/v2/models/dscnet/ready")
-    for near_miss in ("/health/live/", "/Health/live", "/health", "/v2/models/a/b/ready", "/docs/x", "/metrics"):
+    assert is_open_path("/static/app.js")
+    for near_miss in ("/health/live/", "/Health/live", "/health", "/v2/models/a/b/ready", "/docs/x", "/metrics",
+                      "/static", "/staticx/a", "//", "/predict/"):
         assert not is_open_path(near_miss)
 
 
