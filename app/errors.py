@@ -7,10 +7,13 @@ or routing. A client's input never yields a 500: only a fault of the server does
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import Scope, Send
 
 from app.batching import BatcherStoppedError, OverloadedError
 from app.explain import ExplanationUnavailableError
@@ -72,6 +75,30 @@ def error_content(status: int, code: str, detail: str, field: str | None, reques
         "error": {"status": status, "code": code, "field": field, "detail": detail},
         "request_id": request_id,
     }
+
+
+def route_path(scope: Scope) -> str:
+    """The path the router matches: without the root path a proxy mounted the app under."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+async def send_error(scope: Scope, send: Send, status: int, code: str, detail: str, headers: dict[str, str]) -> None:
+    """Write an error answer straight to ASGI, for middlewares that answer before any route.
+
+    Paths under /v2 get the Open Inference Protocol's body, `{"error": detail}`, as that
+    router's own errors do; every other path the common body.
+    """
+    path = route_path(scope)
+    if path == "/v2" or path.startswith("/v2/"):
+        body: dict = {"error": detail}
+    else:
+        body = error_content(status, code, detail, None, scope.get("state", {}).get("request_id"))
+    payload = json.dumps(body).encode()
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw_headers += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def _request_id(request: Request) -> str | None:

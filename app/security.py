@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import error_content
+from app.errors import error_content, route_path, send_error
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -161,35 +160,15 @@ class ApiKeyMiddleware:
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # refused before the handshake: HTTP 403
         elif policy is None:
-            await _refuse(scope, send, 503, "model_not_ready", state.not_ready_reason, {"Retry-After": "5"})
+            await send_error(scope, send, 503, "model_not_ready", state.not_ready_reason, {"Retry-After": "5"})
         elif not keys:
-            await _refuse(scope, send, 401, "unauthorized", _MISSING, {"WWW-Authenticate": 'Bearer realm="dscnet"'})
+            await send_error(scope, send, 401, "unauthorized", _MISSING, {"WWW-Authenticate": 'Bearer realm="dscnet"'})
         else:
             headers = {"WWW-Authenticate": 'Bearer realm="dscnet", error="invalid_token"'}
-            await _refuse(scope, send, 401, "unauthorized", "the API key is not valid", headers)
+            await send_error(scope, send, 401, "unauthorized", "the API key is not valid", headers)
 
 
 _MISSING = "an API key is required: send it as X-API-Key: <key> or Authorization: Bearer <key>"
-
-
-def route_path(scope: Scope) -> str:
-    """The path the router matches: without the root path a proxy mounted the app under."""
-    path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
-
-
-async def _refuse(scope: Scope, send: Send, status: int, code: str, detail: str, headers: dict[str, str]) -> None:
-    request_id = scope.get("state", {}).get("request_id")
-    path = route_path(scope)
-    if path == "/v2" or path.startswith("/v2/"):
-        body: dict[str, Any] = {"error": detail}  # the Open Inference Protocol's error body
-    else:
-        body = error_content(status, code, detail, None, request_id)
-    payload = json.dumps(body).encode()
-    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    raw_headers += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": payload})
 
 
 class ConfiguredCorsMiddleware:

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one.")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    # Access and shutdown (app.security, app.server); see SECURITY.md.
+    # Access, admission and shutdown (app.security, app.admission, app.server); see SECURITY.md.
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         (), description="API keys, comma-separated; none configured: no authentication."
     )
@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     metrics_require_key: bool = Field(False, description="Whether /metrics needs an API key too.")
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Origins allowed by CORS, comma-separated; none: no CORS headers."
+    )
+    max_concurrent_requests: int = Field(
+        32, ge=1, le=10_000, description="Requests in progress at once; beyond: 503 overloaded at once."
     )
     shutdown_timeout_s: float = Field(
         20.0, gt=0, le=3600, description="On SIGTERM, how long in-flight requests may take to finish."
