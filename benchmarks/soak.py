@@ -88,6 +88,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--sample-every-s", type=float, default=30)
     parser.add_argument("--json-out", type=Path, help="also write the figures here")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the service (repeatable), e.g. MALLOC_ARENA_MAX=2")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="dscnet-soak-"))
@@ -96,9 +98,10 @@ def main() -> None:
     counts: Counter = Counter()
     lock = threading.Lock()
     stop = threading.Event()
-    with ServiceProcess(model, env={"DSCNET_LOG_LEVEL": "warning"}) as service:
+    env = dict(item.split("=", 1) for item in args.env)
+    with ServiceProcess(model, env=env) as service:
         print(f"service {service.url} pid {service.pid}, model {model}, {args.concurrency} clients, "
-              f"{args.duration_s:.0f} s after a {args.warmup_s:.0f} s warm-up", flush=True)
+              f"{args.duration_s:.0f} s after a {args.warmup_s:.0f} s warm-up, env {env}", flush=True)
         threads = [threading.Thread(target=client, args=(service.url, items, n * 3, stop, counts, lock), daemon=True)
                    for n in range(args.concurrency)]
         for thread in threads:
@@ -121,7 +124,7 @@ def main() -> None:
         for thread in threads:
             thread.join(timeout=120)
         ready = httpx.get(service.url + "/health/ready", timeout=30).status_code
-    figures = summarise(samples, counts, args.duration_s, ready)
+    figures = {**summarise(samples, counts, args.duration_s, ready), "env": env}
     print(json.dumps(figures, indent=2))
     if args.json_out:
         args.json_out.write_text(json.dumps(figures, indent=2))
