@@ -13,10 +13,15 @@ cannot probe a busy service restarts it, which turns overload into an outage.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import route_path, send_error
 from app.security import METRICS_ROUTE, is_open_path
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 RETRY_AFTER_S = 1  # requests in progress finish in well under a second to a few seconds
 
@@ -48,3 +53,23 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
         finally:
             self.in_progress -= 1
+
+
+def install_admission_control(app: FastAPI) -> None:
+    """Add the middleware, and document its 503 on every operation it can refuse."""
+    app.add_middleware(AdmissionMiddleware)
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build_openapi()
+        for path, operations in schema.get("paths", {}).items():
+            if is_open_path(path) or path == METRICS_ROUTE:
+                continue
+            for operation in operations.values():
+                operation.setdefault("responses", {}).setdefault("503", {
+                    "description": "Overloaded (or not ready): retry after Retry-After seconds.",
+                    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                })
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app.api import explain, health, predict, v2, web
-from app.admission import AdmissionMiddleware
+from app.admission import install_admission_control
 from app.api.deps import ServiceState
 from app.batching import start_batcher
 from app.classifier import ModelLoadError, load_classifier
@@ -96,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.router)
     app.include_router(explain.router)
     web.install(app)  # the page at / and /static
-    app.add_middleware(AdmissionMiddleware)  # inside the key check: requests without a key take no place
+    install_admission_control(app)  # inside the key check: requests without a key take no place
     install_access_control(app)  # inside the request context: 401s get an id, a count, a log line
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

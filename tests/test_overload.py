@@ -132,3 +132,13 @@ def test_the_limit_is_a_setting(monkeypatch: pytest.MonkeyPatch, tiny_model: Pat
     assert Settings(model_path=tiny_model).max_concurrent_requests == 7
     with pytest.raises(ValueError, match="greater than or equal to 1"):
         Settings(model_path=tiny_model, max_concurrent_requests=0)
+
+
+def test_every_operation_that_can_be_refused_documents_the_503(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    for path, operations in schema["paths"].items():
+        if path.startswith("/health") or path in {"/metrics", "/v2/health/live", "/v2/health/ready",
+                                                   "/v2/models/{model_name}/ready"}:
+            continue
+        for method, operation in operations.items():
+            assert "503" in operation["responses"], (method, path)
