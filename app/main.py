@@ -21,6 +21,7 @@ from app.api.deps import ServiceState
 from app.batching import start_batcher
 from app.classifier import ModelLoadError, load_classifier
 from app.errors import install_error_handlers
+from app.memory import tune_malloc
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.security import AccessConfigError, install_access_control, load_access_policy
@@ -53,6 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.error("API keys not loaded; refusing to start", extra={"fields": {"reason": str(err)}})
         raise
     state.not_ready_reason = "the model is loading"
+    malloc = tune_malloc()  # before the model and the request threads allocate: flat RSS
     try:
         classifier = await run_in_threadpool(
             load_classifier, settings.model_path, settings.card_path, settings.intra_op_threads, settings.model_runs
@@ -69,7 +71,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     logger.info("model ready", extra={"fields": {
         "model": classifier.identity.name, "version": classifier.identity.version,
         "sha256": classifier.identity.sha256, "threads": settings.intra_op_threads, "runs": settings.model_runs,
-        "batching": settings.batching,
+        "batching": settings.batching, "malloc": malloc,
     }})
     try:
         yield
