@@ -58,10 +58,9 @@ def build_server(settings: Settings):  # -> uvicorn.Server; uvicorn is imported 
 
     from app.logs import configure_logging
     from app.main import create_app
-    from app.server import GracefulServer, fix_mmap_threshold
+    from app.server import GracefulServer
 
     configure_logging(settings.log_level)
-    fix_mmap_threshold()
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port,
         log_config=None, access_log=False, log_level=settings.log_level,

@@ -9,9 +9,7 @@ deadline (Kubernetes: 30 s by default) is not reached while requests are still a
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 import socket
 
 import uvicorn
@@ -19,30 +17,6 @@ import uvicorn
 from app.api.deps import ServiceState
 
 logger = logging.getLogger("dscnet.service")
-
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-MMAP_THRESHOLD_BYTES = 128 * 1024
-
-
-def fix_mmap_threshold() -> bool:
-    """Make glibc give every allocation over 128 KiB back to the system when it is freed.
-
-    glibc raises its mmap threshold each time a large block is freed, after which decoded
-    images and upload buffers come from the heaps of the server's many threads and fragment
-    them. In benchmarks/soak.py (10 minutes, 4 clients, tiny model) resident memory rose
-    from 232 to 376 MiB with the default; with the threshold fixed it swung between 160
-    and 320 MiB and ended at 272 (docs/SERVICE.md, "Overload, faults and shutdown").
-    Setting it with mallopt turns the dynamic raising off, as `MALLOC_MMAP_THRESHOLD_`
-    would. An explicit `MALLOC_MMAP_THRESHOLD_` is left alone; on a libc without mallopt
-    this does nothing.
-    """
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
-        return False
 
 
 def mark_shutting_down(state: ServiceState) -> None:

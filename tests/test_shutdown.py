@@ -20,9 +20,7 @@ import httpx
 import pytest
 
 import helpers_images as images
-from app import server as server_module
 from app.cli import build_server
-from app.server import fix_mmap_threshold
 from app.settings import Settings
 from helpers_serve import ServiceProcess
 
@@ -187,16 +185,3 @@ async def ready_status(app) -> tuple[int, str]:
     body = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
     return sent[0]["status"], body["detail"] if body["status"] != "ready" else "ready"
 
-
-def test_serve_fixes_the_mmap_threshold(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-    monkeypatch.setattr(server_module, "fix_mmap_threshold", lambda: calls.append("called") or True)
-    build_server(Settings(model_path=tiny_model, ort_threads=1, port=0))
-    assert calls == ["called"]
-
-
-def test_the_mmap_threshold_is_left_to_an_explicit_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    assert fix_mmap_threshold() is True  # glibc, as on the project's machines and in the image
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
-    assert fix_mmap_threshold() is False
