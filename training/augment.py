@@ -3,7 +3,7 @@
 What a model must not rely on, it is shown varied: orientation (flips, 90-degree turns),
 framing (zoom 1.0-1.25x with shift), stain (Tellez et al. 2019: jitter of each stain in
 HED optical-density space), illumination and camera response (brightness, contrast, gamma,
-colour cast, hue, saturation), focus (Gaussian blur), sensor noise, JPEG re-compression, and now
+colour cast, saturation), focus (Gaussian blur), sensor noise, JPEG re-compression, and now
 and then no colour at all (grayscale). Before any geometric change the scale-bar corner is
 filled with the image's mean colour (`fill_corner`), so that no turn or flip can move the
 bar to where the model's filter does not mask it.
@@ -57,19 +57,10 @@ def _illumination(x: tf.Tensor) -> tf.Tensor:
     mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
     x = (x - mean) * _uniform(batch, 0.7, 1.3) + mean  # contrast
     x = 255.0 * tf.pow(tf.clip_by_value(x, 0.0, 255.0) / 255.0, _uniform(batch, 0.67, 1.5))
-    x = _hue_shift(tf.clip_by_value(x, 0.0, 255.0), batch)
     grey = tf.reduce_mean(x, axis=3, keepdims=True)
     saturation = _uniform(batch, 0.6, 1.4)
-    saturation = tf.where(tf.random.uniform([batch, 1, 1, 1]) < 0.15, 0.0, saturation)  # grayscale
+    saturation = tf.where(tf.random.uniform([batch, 1, 1, 1]) < 0.1, 0.0, saturation)  # grayscale
     return grey + (x - grey) * saturation
-
-
-def _hue_shift(x: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
-    """Turn each image's hues by up to +-0.08 of the colour wheel: pink and purple cells look
-    alike in some sessions of other classes, so the tint of a cell must not decide its class."""
-    hsv = tf.image.rgb_to_hsv(x / 255.0)
-    hue = tf.math.floormod(hsv[..., :1] + _uniform(batch, -0.08, 0.08), 1.0)
-    return 255.0 * tf.image.hsv_to_rgb(tf.concat([hue, hsv[..., 1:]], axis=-1))
 
 
 def _blur_and_noise(x: tf.Tensor) -> tf.Tensor:
