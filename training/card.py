@@ -30,6 +30,11 @@ LIMITATIONS = [
     "audit measures it, but a shift not in the audit can still mislead the model.",
     "The lower-right corner (where this dataset burns in a scale bar) is masked inside the model; "
     "what lies there is never seen.",
+    "Heatmaps (class activation maps) show that for many benign and pro-B images the model's evidence "
+    "lies in the background (red cells, plasma tone) and along the masked scale-bar corner rather than in "
+    "the white cells: it has learned session cues of this dataset, not only morphology. The errors on the "
+    "block-grouped test split concentrate in a few smear sessions (pre-B read as pro-B, benign as early "
+    "pre-B). Treat every result as a second reading.",
     "Only the four trained classes exist for the model: any other image (normal lymphocytes, other "
     "leukaemias, non-smear images) still receives four probabilities that sum to 1.",
     "Images are centre-cropped to a square and resized to 224x224; magnification very different "
