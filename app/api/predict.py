@@ -87,7 +87,7 @@ def predict(
         classifier, [upload], max_pixels=settings.max_pixels, batcher=state.batcher, explain=explain
     )
     timing = _timing(request, outcome)
-    _record(request, state, "/predict", outcome, timing)
+    record_outcome(request, state, "/predict", outcome)
     item = outcome.items[0]
     if item.error is not None:
         raise item.error  # the error handlers turn it into its 400/413/415/422 body
@@ -115,7 +115,7 @@ def predict_batch(
     """Classify several images (field `images`, repeated) in one model run; results in the order sent."""
     outcome = classify_uploads(classifier, uploads, max_pixels=settings.max_pixels, batcher=state.batcher)
     timing = _timing(request, outcome)
-    _record(request, state, "/predict-batch", outcome, timing)
+    record_outcome(request, state, "/predict-batch", outcome)
     results = []
     for index, item in enumerate(outcome.items):
         result = BatchItem(index=index, filename=item.filename, label=item.label, **outcome_fields(item))
@@ -145,15 +145,21 @@ def _timing(request: Request, outcome: BatchOutcome) -> TimingMs:
     )
 
 
-def _record(request: Request, state: ServiceState, endpoint: str, outcome: BatchOutcome, timing: TimingMs) -> None:
-    """Metrics and log fields for the outcome: counts, labels and reasons, never image content."""
+def record_outcome(request: Request, state: ServiceState, endpoint: str, outcome: BatchOutcome,
+                   count_labels: bool = True) -> None:
+    """Metrics and log fields for the outcome: counts, labels and reasons, never image content.
+
+    Args:
+        count_labels: False where the answer reports no prediction (the v2 protocol fails a
+            whole request on one bad image), so no label is counted as predicted.
+    """
     metrics = state.metrics
     metrics.stage_seconds.labels(endpoint, "decode").observe(outcome.decode_seconds)
     if outcome.batch_size:
         metrics.stage_seconds.labels(endpoint, "inference").observe(outcome.inference_seconds)
         if state.batcher is None:  # else the batcher observes each shared run
             metrics.batch_size.observe(outcome.batch_size)
-    labels = Counter(item.label for item in outcome.items if item.label is not None)
+    labels = Counter(item.label for item in outcome.items if item.label is not None and count_labels)
     reasons = Counter(item.error.reason for item in outcome.items if item.error is not None)
     for label, count in labels.items():
         metrics.predictions.labels(label).inc(count)
@@ -163,6 +169,6 @@ def _record(request: Request, state: ServiceState, endpoint: str, outcome: Batch
         images=len(outcome.items),
         labels=dict(labels),
         rejected=dict(reasons),
-        decode_ms=timing.decode,
-        inference_ms=timing.inference,
+        decode_ms=round(outcome.decode_seconds * 1000, 3),
+        inference_ms=round(outcome.inference_seconds * 1000, 3),
     )

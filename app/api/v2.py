@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -35,10 +34,11 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
 from app.api.deps import ClassifierDep, ServiceState, SettingsDep, StateDep
+from app.api.predict import record_outcome
 from app.batching import BatcherStoppedError, OverloadedError
 from app.errors import ModelNotReadyError, status_for
 from app.labels import CLASS_IDS
-from app.pipeline import BatchOutcome, classify_uploads
+from app.pipeline import classify_uploads
 from app.settings import Settings
 from app.uploads import FileTooLargeError, Upload, UploadError
 
@@ -271,7 +271,8 @@ def infer(
     uploads = [Upload(None, data) for data in image_bytes(inference, settings)]
     # The /predict path: decode_image on each, one model run shared through the micro-batcher.
     outcome = classify_uploads(classifier, uploads, max_pixels=settings.max_pixels, batcher=state.batcher)
-    _record(request, state, outcome)
+    # The protocol fails the whole request on one bad image: then no label counts as predicted.
+    record_outcome(request, state, INFER_ENDPOINT, outcome, count_labels=all(i.error is None for i in outcome.items))
     for index, item in enumerate(outcome.items):
         if item.error is not None:
             raise InferenceRequestError(f"input {INPUT_NAME!r} element {index}: {item.error}", status_for(item.error))
@@ -344,27 +345,3 @@ def _decode_base64(element: Any, index: int, max_bytes: int) -> bytes:
         return base64.b64decode(element, validate=True)
     except (binascii.Error, ValueError) as err:
         raise InferenceRequestError(f"input {INPUT_NAME!r} element {index} is not valid base64: {err}") from err
-
-
-def _record(request: Request, state: ServiceState, outcome: BatchOutcome) -> None:
-    """The metrics and access-log fields /predict-batch records: counts and labels, never image content.
-
-    The protocol fails the whole request on one bad image, so labels are counted only when
-    every image was classified.
-    """
-    metrics = state.metrics
-    metrics.stage_seconds.labels(INFER_ENDPOINT, "decode").observe(outcome.decode_seconds)
-    if outcome.batch_size:
-        metrics.stage_seconds.labels(INFER_ENDPOINT, "inference").observe(outcome.inference_seconds)
-        if state.batcher is None:  # else the batcher observes each shared run
-            metrics.batch_size.observe(outcome.batch_size)
-    reasons = Counter(item.error.reason for item in outcome.items if item.error is not None)
-    labels = Counter() if reasons else Counter(item.label for item in outcome.items)
-    for label, count in labels.items():
-        metrics.predictions.labels(label).inc(count)
-    for reason, count in reasons.items():
-        metrics.rejected.labels(reason).inc(count)
-    request.state.log.update(
-        images=len(outcome.items), labels=dict(labels), rejected=dict(reasons),
-        decode_ms=round(outcome.decode_seconds * 1000, 3), inference_ms=round(outcome.inference_seconds * 1000, 3),
-    )
