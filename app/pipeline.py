@@ -91,7 +91,10 @@ def _classify(
         try:
             pixels.append(decode_image(upload.data, max_pixels=max_pixels))
         except ImageDecodeError as err:
-            item.error = err
+            # Kept without traceback or cause: their frames would hold this request's uploads
+            # and decoded images in a reference cycle until a full GC pass (PERFORMANCE.md).
+            item.error = err.with_traceback(None)
+            err.__cause__ = err.__context__ = None
             continue
         item.warnings = assess_quality(pixels[-1])
         decoded.append(item)

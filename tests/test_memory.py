@@ -1,12 +1,20 @@
-"""app.memory: the glibc malloc settings are applied, except those the environment already gave."""
+"""Flat memory: glibc malloc settings (app.memory), and no reference cycles holding request data."""
 
 from __future__ import annotations
 
+import gc
 import platform
+import types
+from pathlib import Path
 
 import pytest
 
+import helpers_images as images
+from app.classifier import load_classifier
+from app.imaging import DEFAULT_MAX_PIXELS
 from app.memory import ARENA_MAX, MMAP_THRESHOLD_BYTES, tune_malloc
+from app.pipeline import classify_uploads
+from app.uploads import Upload
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 
@@ -23,3 +31,23 @@ def test_a_setting_from_the_environment_is_left_alone(monkeypatch: pytest.Monkey
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     assert tune_malloc() == {"malloc_mmap_threshold": MMAP_THRESHOLD_BYTES}
+
+
+def test_a_failed_image_does_not_hold_its_request_in_a_reference_cycle(tiny_model: Path) -> None:
+    """A kept exception's frames would keep every upload and decoded image alive until a full GC."""
+    classifier = load_classifier(tiny_model, tiny_model.with_suffix(".json"), 1)
+    uploads = [Upload("good.png", images.solid((255, 0, 0))), Upload("notes.txt", images.text_file())]
+    gc.collect()
+    gc.disable()
+    try:
+        outcome = classify_uploads(classifier, uploads, max_pixels=DEFAULT_MAX_PIXELS)
+        assert outcome.items[1].error is not None
+        del outcome
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        frames = {o.f_code.co_name for o in gc.garbage if isinstance(o, types.FrameType)}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert not frames & {"_classify", "classify_uploads", "decode_image"}
