@@ -14,6 +14,7 @@ the same CPUs as the servers, as any loopback benchmark does.
     python benchmarks/bench_compare.py --model models/dscnet.onnx
     python benchmarks/bench_compare.py --tree before=/tmp/dscnet-before --duration-s 15
     python benchmarks/bench_compare.py --config small:DSCNET_BATCH_MAX_SIZE=8 --skip-keras
+    python benchmarks/bench_compare.py --int8 models/dscnet-int8.onnx     # after python -m training.quantize
 """
 
 from __future__ import annotations
@@ -161,7 +162,9 @@ def with_cpu(server: ChildServer, load) -> LoadResult:
 
 
 def dscnet_server(src: Path, model: Path, env: dict[str, str]) -> ChildServer:
+    """`dscnet serve` from the source tree `src`; DSCNET_MODEL_PATH in `env` replaces `model`."""
     port = free_port()
+    model = Path(env.get("DSCNET_MODEL_PATH", model))
     return ChildServer(
         [sys.executable, "-m", "dscnet_cli", "serve", "--model", str(model.resolve())], port, "/health/ready",
         cwd=src, env={"DSCNET_PORT": str(port), "DSCNET_HOST": "127.0.0.1", "DSCNET_LOG_LEVEL": "info", **env,
@@ -183,18 +186,19 @@ def keras_server(keras_model: Path) -> ChildServer:
 
 def print_report(args: argparse.Namespace, per_run: dict[int, tuple[float, float]], parallel: dict[int, float],
                  dataset_decode_ms: float, camera_decode_ms: float, servers: list[ServerFigures],
-                 threads: int) -> None:
+                 threads: int, int8_per_run: dict[int, tuple[float, float]]) -> None:
     cpus = available_cpus()
     print("\n## Model alone (onnxruntime, the service's session options, float32 tensors ready)\n")
     print(f"| batch | ms per run | images/s ({threads} intra-op threads) | CPU ms/image "
-          f"| images/s ({cpus} runs x 1 thread) |")
-    print("|---:|---:|---:|---:|---:|")
+          f"| images/s ({cpus} runs x 1 thread) | int8 images/s ({threads} threads) |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for batch in BATCH_SIZES:
         wall, cpu = per_run[batch]
         par = parallel.get(batch)
+        int8 = f"{batch / int8_per_run[batch][0]:.1f}" if batch in int8_per_run else "-"
         print(f"| {batch} | {wall * 1000:.1f} | {batch / wall:.1f} | {cpu * 1000 / batch:.1f} | "
-              f"{f'{par:.1f}' if par else '-'} |")
-    best = max([b / s[0] for b, s in per_run.items()] + list(parallel.values()))
+              f"{f'{par:.1f}' if par else '-'} | {int8} |")
+    best = max([b / s[0] for b, s in per_run.items()] + list(parallel.values()))  # float32 only
     batch1_ms = per_run[1][0] * 1000
     print(f"\nmodel-alone best: {best:.1f} images/s; batch-1 latency {batch1_ms:.1f} ms")
     print(f"decode+resize (decode_image): dataset JPEGs {dataset_decode_ms:.2f} ms/image, "
@@ -264,6 +268,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="measure only these server names")
     parser.add_argument("--src", type=Path, default=REPO_ROOT,
                         help="the source tree the direct and batched services run from (default: this one)")
+    parser.add_argument("--int8", type=Path, help="also measure this int8 model (training.quantize), alone and served")
     parser.add_argument("--skip-keras", action="store_true")
     args = parser.parse_args()
 
@@ -280,6 +285,11 @@ def main() -> None:
     single = load_classifier(args.model, args.model.with_suffix(".json"), 1)
     parallel = {b: parallel_runs(single, tensors, b, threads, seconds=3.0) for b in (1, 8)} if threads > 1 else {}
     del classifier, single
+    int8_per_run = {}
+    if args.int8:
+        int8 = load_classifier(args.int8, args.int8.with_suffix(".json"), threads)
+        int8_per_run = model_alone(int8, tensors, seconds=2.0)
+        del int8
     dataset_decode = decode_ms([d for _, d in images], seconds=2.0)
     camera = camera_jpeg()
     camera_decode = decode_ms([camera], seconds=2.0)
@@ -291,6 +301,8 @@ def main() -> None:
         configs.append((name, Path(path), {}, f"the service from {path}"))
     configs.append(("direct", args.src, {"DSCNET_BATCHING": "false"}, "micro-batching off"))
     configs.append(("batched", args.src, {}, "the shipped defaults: micro-batching on"))
+    if args.int8:
+        configs.append(("int8", args.src, {"DSCNET_MODEL_PATH": str(args.int8)}, f"micro-batching on, {args.int8.name}"))
     for spec in args.config:
         name, _, assignments = spec.partition(":")
         env = dict(item.split("=", 1) for item in assignments.split(",") if item)
@@ -309,7 +321,7 @@ def main() -> None:
             served = httpx.get(server.url + "/info").json()["model"]
             servers.append(measure_server(server, "keras", f"Keras model.predict in FastAPI: {served}",
                                           images, args.concurrency, args.duration_s, None))
-    print_report(args, per_run, parallel, dataset_decode, camera_decode, servers, threads)
+    print_report(args, per_run, parallel, dataset_decode, camera_decode, servers, threads, int8_per_run)
     print(f"\nload average at the end: {load_average()}")
 
 

@@ -1,5 +1,5 @@
 """A light closed-loop HTTP/1.1 load generator: N keep-alive connections, each sending a request
-as soon as its previous answer arrives. Requests are built once; answers are read by
+as soon as its previous answer arrives (after a 503's Retry-After, as a well-behaved client). Requests are built once; answers are read by
 Content-Length and not parsed, so the generator costs little of the CPU it shares with the
 server under test. Also: start a server command in a child process and sample its memory.
 """
@@ -70,12 +70,13 @@ class LoadResult:
         return float(np.percentile(self.latencies_s, q) * 1000) if self.latencies_s else float("nan")
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, float]:
+    """Status, whether the server closes the connection, and its Retry-After in seconds (0 if none)."""
     status_line = await reader.readline()
     if not status_line:
         raise ConnectionError("the server closed the connection")
     status = int(status_line.split()[1])
-    length, close = 0, False
+    length, close, retry_after = 0, False, 0.0
     while True:
         line = await reader.readline()
         if line in (b"\r\n", b""):
@@ -86,8 +87,10 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
             length = int(value.strip())
         elif name == b"connection" and value.strip().lower() == b"close":
             close = True
+        elif name == b"retry-after" and value.strip().isdigit():
+            retry_after = float(value.strip())
     await reader.readexactly(length)
-    return status, close
+    return status, close, retry_after
 
 
 async def _client(host: str, port: int, requests: list[bytes], offset: int, window: _Window,
@@ -100,9 +103,9 @@ async def _client(host: str, port: int, requests: list[bytes], offset: int, wind
             writer.write(requests[i % len(requests)])
             i += 1
             try:
-                status, close = await _read_response(reader)
+                status, close, retry_after = await _read_response(reader)
             except (ConnectionError, asyncio.IncompleteReadError):
-                status, close = 599, True
+                status, close, retry_after = 599, True, 0.0
             end = time.perf_counter()
             result.answered += status == 200
             if window.counts(start, end):
@@ -112,6 +115,8 @@ async def _client(host: str, port: int, requests: list[bytes], offset: int, wind
             if close:
                 writer.close()
                 reader, writer = await asyncio.open_connection(host, port)
+            if status == 503 and retry_after:
+                await asyncio.sleep(retry_after)  # as a well-behaved client does
     finally:
         writer.close()
 
