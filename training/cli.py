@@ -89,7 +89,14 @@ def run_export(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     _needs_training_extra("evaluate")
     _setup_logging()
-    from training.card import calibration_for_card, read_card, render_readme, summary_metrics, write_card
+    from training.card import (
+        LIMITATIONS,
+        calibration_for_card,
+        read_card,
+        render_readme,
+        summary_metrics,
+        write_card,
+    )
     from training.evaluate import evaluate_run, load_run
     from training.markdown import render
     from training.report import write_figures, write_metrics
@@ -104,11 +111,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                          args.compare_run / "model.onnx", full_audit=False)
     figures = write_figures(results["blocks"], args.run_dir / "history.csv", reports)
     write_metrics(results, reports / "metrics.json")
-    (reports / "report.md").write_text(render(results, run.summary, figures), encoding="utf-8")
+    notes = args.notes.read_text(encoding="utf-8") if args.notes else ""
+    (reports / "report.md").write_text(render(results, run.summary, figures, notes), encoding="utf-8")
     if card_path.exists():
         card = read_card(card_path)
         card["metrics"] = {split: summary_metrics(result) for split, result in results.items()}
         card["calibration"] = calibration_for_card(results["blocks"]["calibration"])
+        card["limitations"] = LIMITATIONS  # what this evaluation found belongs in the card
         write_card(card, card_path)
         (args.model.parent / "README.md").write_text(render_readme(card), encoding="utf-8")
     else:
@@ -156,6 +165,8 @@ def add_commands(commands) -> None:
     evaluate.add_argument("--compare-run", type=Path, default=None,
                           help="a run trained with --split random, exported to <run>/model.onnx")
     evaluate.add_argument("--reports", type=Path, default=REPO_ROOT / "models" / "reports")
+    evaluate.add_argument("--notes", type=Path, default=None,
+                          help="a markdown file appended to the report (e.g. how the model was chosen)")
     evaluate.add_argument("--data-dir", type=Path, default=default_data_dir())
     evaluate.set_defaults(run=run_evaluate)
 

@@ -97,7 +97,7 @@ def target_checks(result: dict) -> list[tuple[str, bool, str]]:
     ]
 
 
-def render(results: dict[str, dict], training: dict, figures: list[str]) -> str:
+def render(results: dict[str, dict], training: dict, figures: list[str], notes: str = "") -> str:
     """Markdown for the shipped (block-grouped) run, with the random-split run beside it."""
     blocks = results["blocks"]
     lines = [
@@ -108,7 +108,8 @@ def render(results: dict[str, dict], training: dict, figures: list[str]) -> str:
         "",
         f"Test split: **whole blocks of {training['config']['block_size']} consecutive file numbers** "
         "(near-duplicates merged into one group), a proxy for patients, which the dataset does not name. "
-        f"{blocks['test_images']} test images, never seen in training or model selection.",
+        f"{blocks['test_images']} test images, never used for training or early stopping"
+        + (" (see the notes at the end on how the model was chosen)." if notes else "."),
         "",
         "## Targets",
         "",
@@ -182,4 +183,6 @@ def render(results: dict[str, dict], training: dict, figures: list[str]) -> str:
         *[f"![{name}]({name})" for name in figures],
         "",
     ]
+    if notes:
+        lines += ["## Notes on this model", "", notes.strip(), ""]
     return "\n".join(lines)
