@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from synthetic import encode, gradient, png_declaring
-from training.cli import default_data_dir
 from app.imaging import (
     IMAGE_SIZE,
     CorruptImageError,
@@ -17,13 +16,6 @@ from app.imaging import (
     UnsupportedImageError,
     decode_image,
 )
-
-
-@pytest.fixture
-def dataset_dir() -> Path:
-    root = default_data_dir()
-    assert root.is_dir(), f"the dataset is not at {root}; set DSCNET_DATA_DIR"
-    return root
 
 
 def test_square_224_image_passes_through_unchanged():
@@ -146,8 +138,8 @@ def test_pixel_limit_is_configurable():
     assert decode_image(data, max_pixels=300 * 300).shape == (224, 224, 3)
 
 
-def test_dataset_jpeg_decodes_to_its_own_pixels(dataset_dir: Path):
-    path = next((dataset_dir / "Pre").glob("*.jpg"))
+def test_dataset_jpeg_decodes_to_its_own_pixels(data_dir: Path):
+    path = next((data_dir / "Pre").glob("*.jpg"))
     out = decode_image(path.read_bytes())
     with Image.open(path) as image:
         np.testing.assert_array_equal(out, np.asarray(image.convert("RGB")))
