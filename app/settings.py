@@ -52,7 +52,9 @@ class Settings(BaseSettings):
         1, ge=1, le=64, description="Model runs at once, each on its share of the CPUs (the thread layout)."
     )
     # Micro-batching of concurrent requests (app.batching); see docs/PERFORMANCE.md.
-    batching: bool = Field(True, description="Coalesce concurrent requests into shared model runs.")
+    # Off by default: on two AVX2 cores a batch costs more CPU per image than single runs
+    # (docs/PERFORMANCE.md); worth trying where batches are cheaper (wide CPUs, VNNI, GPUs).
+    batching: bool = Field(False, description="Coalesce concurrent requests into shared model runs.")
     batch_max_size: int = Field(16, ge=1, le=512, description="Most images in one shared model run.")
     batch_max_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="Longest a partial batch waits for requests still decoding."

@@ -5,8 +5,8 @@
    for dataset JPEGs and for a 2000x1500 camera-like JPEG made in code;
 2. the service (`dscnet serve` in a child process) over loopback HTTP: /predict at each
    concurrency (p50, p99, images/s, errors), /predict-batch images/s, its RSS under load;
-   once per configuration (micro-batching on, off, and optionally the code before this
-   work, from another source tree);
+   once per configuration (the shipped defaults, micro-batching on, and optionally others:
+   the code before this work from another source tree, extra settings);
 3. `benchmarks/keras_server.py` (Keras `model.predict` in FastAPI), same clients, same images;
 then the ratios. Prints figures; asserts nothing. The load generator runs in this process on
 the same CPUs as the servers, as any loopback benchmark does.
@@ -246,6 +246,11 @@ def print_report(args: argparse.Namespace, per_run: dict[int, tuple[float, float
         print(f"- {figures.name}: " + "; ".join(line))
 
 
+def git_describe(tree: Path) -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True)
+    return f"{tree} at {commit.stdout.strip()}" if commit.returncode == 0 else f"{tree} (not a git checkout)"
+
+
 def load_average() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -261,13 +266,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--duration-s", type=float, default=10.0, help="measured seconds per load level")
     parser.add_argument("--batch", type=int, default=32, help="images per /predict-batch request")
-    parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
-                        help="also measure the service from another source tree, e.g. before=/tmp/old (repeatable)")
+    parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH[:VAR=VALUE,...]",
+                        help="also measure the service from another source tree, e.g. before=/tmp/old:DSCNET_BATCHING=false")
     parser.add_argument("--config", action="append", default=[], metavar="NAME:VAR=VALUE,...",
                         help="an extra service configuration to measure (repeatable)")
     parser.add_argument("--only", nargs="+", help="measure only these server names")
     parser.add_argument("--src", type=Path, default=REPO_ROOT,
-                        help="the source tree the direct and batched services run from (default: this one)")
+                        help="the source tree the service configurations run from (default: this one)")
     parser.add_argument("--int8", type=Path, help="also measure this int8 model (training.quantize), alone and served")
     parser.add_argument("--skip-keras", action="store_true")
     args = parser.parse_args()
@@ -276,7 +281,7 @@ def main() -> None:
     threads = available_cpus()
     print(f"{threads} usable CPUs ({os.cpu_count()} on the host); load average {load_average()}; "
           f"model {args.model}; {len(images)} dataset JPEGs, mean {statistics.mean(len(d) for _, d in images) / 1024:.0f} KiB; "
-          f"git {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()}",
+          f"source {git_describe(args.src)}",
           flush=True)
 
     tensors = np.stack([decode_image(d) for _, d in images]).astype(np.float32)
@@ -297,12 +302,14 @@ def main() -> None:
 
     configs: list[tuple[str, Path, dict[str, str], str]] = []
     for spec in args.tree:
-        name, _, path = spec.partition("=")
-        configs.append((name, Path(path), {}, f"the service from {path}"))
-    configs.append(("direct", args.src, {"DSCNET_BATCHING": "false"}, "micro-batching off"))
-    configs.append(("batched", args.src, {}, "the shipped defaults: micro-batching on"))
+        name, _, rest = spec.partition("=")
+        path, _, assignments = rest.partition(":")
+        env = dict(item.split("=", 1) for item in assignments.split(",") if item)
+        configs.append((name, Path(path), env, f"the service from {path} {' '.join(f'{k}={v}' for k, v in env.items())}"))
+    configs.append(("service", args.src, {}, "the shipped defaults (micro-batching off)"))
+    configs.append(("batched", args.src, {"DSCNET_BATCHING": "true"}, "micro-batching on"))
     if args.int8:
-        configs.append(("int8", args.src, {"DSCNET_MODEL_PATH": str(args.int8)}, f"micro-batching on, {args.int8.name}"))
+        configs.append(("int8", args.src, {"DSCNET_MODEL_PATH": str(args.int8)}, f"the shipped defaults, {args.int8.name}"))
     for spec in args.config:
         name, _, assignments = spec.partition(":")
         env = dict(item.split("=", 1) for item in assignments.split(",") if item)

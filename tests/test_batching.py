@@ -203,7 +203,7 @@ def test_stop_finishes_queued_work_then_refuses(make_batcher: Callable[..., Micr
 
 def test_the_queue_must_hold_a_full_batch_request(tiny_model: Path) -> None:
     with pytest.raises(ValidationError, match="batch_queue_images"):
-        Settings(model_path=tiny_model, max_batch_images=32, batch_queue_images=16)
+        Settings(model_path=tiny_model, batching=True, max_batch_images=32, batch_queue_images=16)
     Settings(model_path=tiny_model, max_batch_images=32, batch_queue_images=16, batching=False)
 
 
@@ -242,7 +242,7 @@ def batch_runs(client: TestClient) -> dict[str, float]:
 def test_concurrent_predicts_share_one_run_and_get_their_own_labels(
     tiny_model: Path, gated_classifier: GatedModel
 ) -> None:
-    settings = Settings(model_path=tiny_model, ort_threads=1)
+    settings = Settings(model_path=tiny_model, ort_threads=1, batching=True)
     colours = {(255, 0, 0): "benign", (0, 255, 0): "early_pre_b", (0, 0, 255): "pre_b"}
     with TestClient(create_app(settings)) as client, ThreadPoolExecutor(4) as pool:
         batcher = client.app.state.service.batcher
@@ -264,7 +264,7 @@ def test_concurrent_predicts_share_one_run_and_get_their_own_labels(
 def test_a_full_queue_answers_503_overloaded_with_retry_after(
     tiny_model: Path, gated_classifier: GatedModel
 ) -> None:
-    settings = Settings(model_path=tiny_model, ort_threads=1, max_batch_images=1, batch_queue_images=1)
+    settings = Settings(model_path=tiny_model, ort_threads=1, batching=True, max_batch_images=1, batch_queue_images=1)
     with TestClient(create_app(settings)) as client, ThreadPoolExecutor(4) as pool:
         batcher = client.app.state.service.batcher
         gated_classifier.hold()
@@ -285,8 +285,8 @@ def test_a_full_queue_answers_503_overloaded_with_retry_after(
     assert counts['dscnet_images_rejected_total{reason="overloaded"}'] == 1
 
 
-def test_batching_switched_off_runs_each_request_directly(tiny_model: Path) -> None:
-    settings = Settings(model_path=tiny_model, ort_threads=1, batching=False)
+def test_batching_is_off_by_default_and_each_request_runs_directly(tiny_model: Path) -> None:
+    settings = Settings(model_path=tiny_model, ort_threads=1)
     with TestClient(create_app(settings)) as client:
         assert client.app.state.service.batcher is None
         assert post(client, (0, 255, 0)).json()["label"] == "early_pre_b"
@@ -298,7 +298,7 @@ def test_batching_switched_off_runs_each_request_directly(tiny_model: Path) -> N
 
 
 def test_the_batcher_stops_with_the_service(tiny_model: Path) -> None:
-    with TestClient(create_app(Settings(model_path=tiny_model, ort_threads=1))) as client:
+    with TestClient(create_app(Settings(model_path=tiny_model, ort_threads=1, batching=True))) as client:
         batcher = client.app.state.service.batcher
         assert post(client, (255, 0, 0)).status_code == 200
     with pytest.raises(BatcherStoppedError):
