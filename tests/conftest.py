@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,3 +59,13 @@ def real_images(data_dir: Path) -> dict[str, Path]:
             pytest.fail(f"no .jpg files in {data_dir / name}")
         images[name] = files[0]
     return images
+
+
+@pytest.fixture
+def restore_root_logging() -> Iterator[None]:
+    """`serve` / build_server install a JSON handler on the root logger; put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import helpers_images as images
+from helpers_asgi import post_endless_body
 from app.main import create_app
 from app.settings import Settings
 
@@ -166,24 +167,7 @@ def test_errors_do_not_hurt_the_server(client: TestClient) -> None:
 
 def test_declared_length_over_the_limit_is_refused_before_reading(small_limit_client: TestClient) -> None:
     """Straight through ASGI: a 10 GB Content-Length is answered 413 without one body byte read."""
-    pulled: list[dict] = []
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        message = {"type": "http.request", "body": b"\0" * 65536, "more_body": True}
-        pulled.append(message)
-        return message
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/predict", "raw_path": b"/predict", "root_path": "", "query_string": b"",
-        "headers": [(b"content-type", b"multipart/form-data; boundary=XyZ"), (b"content-length", b"10000000000")],
-        "client": ("127.0.0.1", 1), "server": ("testserver", 80),
-    }
-    small_limit_client.portal.call(small_limit_client.app, scope, receive, send)
+    pulled, sent = post_endless_body(small_limit_client, [(b"content-length", b"10000000000")])
     assert pulled == []
     assert sent[0]["status"] == 413
     assert b"request_too_large" in b"".join(m.get("body", b"") for m in sent[1:])

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,14 +16,7 @@ from app.settings import Settings
 from dscnet_cli import main
 
 
-@pytest.fixture(autouse=True)
-def keep_logging_config() -> Iterator[None]:
-    """`serve` installs its JSON handler on the root logger; put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_root_logging")
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hmac
 import io
-import json
 import logging
 import os
 import sys
@@ -21,10 +20,10 @@ from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from PIL import Image
 from starlette.responses import PlainTextResponse
-from starlette.routing import Mount
 from starlette.websockets import WebSocketDisconnect
 
 import helpers_images as images
+from helpers_asgi import post_endless_body
 from app import security
 from app.logs import JsonFormatter
 from app.main import create_app
@@ -173,25 +172,8 @@ def test_unknown_paths_need_a_key_too(keyed: TestClient) -> None:
 
 def test_a_refused_upload_is_not_read(tiny_model: Path) -> None:
     """The key is checked before the route: not one byte of the body is pulled."""
-    pulled: list[dict] = []
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        message = {"type": "http.request", "body": b"\0" * 65536, "more_body": True}
-        pulled.append(message)
-        return message
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/predict", "raw_path": b"/predict", "root_path": "", "query_string": b"",
-        "headers": [(b"content-type", b"multipart/form-data; boundary=XyZ"), (b"x-api-key", WRONG_KEY.encode())],
-        "client": ("127.0.0.1", 1), "server": ("testserver", 80),
-    }
     with TestClient(keyed_app(tiny_model)) as client:
-        client.portal.call(client.app, scope, receive, send)
+        pulled, sent = post_endless_body(client, [(b"x-api-key", WRONG_KEY.encode())])
     assert pulled == []
     assert sent[0]["status"] == 401
 

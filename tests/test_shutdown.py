@@ -7,7 +7,6 @@ request in flight by sending its body in two halves around the signal.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import signal
 import socket
@@ -78,14 +77,7 @@ def messages(service: ServiceProcess) -> list[str]:
     return [record.get("message", "") for record in service.log_records()]
 
 
-@pytest.fixture(autouse=True)
-def keep_logging_config() -> Iterator[None]:
-    """build_server installs its JSON handler on the root logger; put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_root_logging")
 
 
 @pytest.fixture
