@@ -86,7 +86,7 @@ class MicroBatcher:
     ) -> None:
         """
         Args:
-            run_batch: the model call; one worker thread calls it at a time per worker.
+            run_batch: the model call, made by the worker threads (one run per worker at a time).
             max_batch_size: most images per run (a single request larger than this runs alone).
             max_wait_s: longest a worker holds a partial batch for announced requests.
             max_queued_images: most images waiting for a worker; beyond it, `OverloadedError`.
