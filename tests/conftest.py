@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from training.cli import default_data_dir
 from helpers_onnx import build_tiny_model, write_card
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def client(settings: Settings) -> Iterator[TestClient]:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real dataset; CI always has it, so its absence is a failure, not a skip."""
-    path = Path(os.environ.get("DSCNET_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "all-taleqani"))
+    path = default_data_dir()
     missing = [name for name in CLASS_FOLDERS if not (path / name).is_dir()]
     if missing:
         pytest.fail(f"the dataset is missing at {path} (folders {missing}); set DSCNET_DATA_DIR")
