@@ -40,8 +40,8 @@ CLIPPED_PIXEL_LEVEL = 250
 CLIPPED_MAX_SHARE = 0.75
 UNIFORM_MAX_STD = 6.0
 BACKGROUND_MIN_P90 = 180.0
-OFF_STAIN_SATURATION = 0.25
-OFF_STAIN_HUES = (20.0, 180.0)  # degrees
+OFF_STAIN_SATURATION = 0.25  # exactly 1/4: tested as 4 * chroma > max channel
+OFF_STAIN_HUES = (20.0, 180.0)  # degrees; tested without a division, see _off_stain_share
 OFF_STAIN_MAX_SHARE = 0.05
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -72,13 +72,13 @@ def measure(pixels: np.ndarray) -> QualityMeasures:
     Args:
         pixels: uint8 (H, W, 3) RGB, as `decode_image` returns it.
     """
-    rgb = pixels.astype(np.float32)
-    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    grey = rgb @ _LUMA
-    laplacian = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4 * grey[1:-1, 1:-1]
-    # Channel-wise maximum/minimum: numpy's reductions over a last axis of 3 are slow.
+    # Channel planes as small integers: maxima, minima and the hue test below are exact and
+    # cheap on contiguous int16 planes (numpy's reductions over a last axis of 3 are slow).
+    red, green, blue = np.moveaxis(pixels, 2, 0).astype(np.int16)
     high = np.maximum(np.maximum(red, green), blue)
     low = np.minimum(np.minimum(red, green), blue)
+    grey = pixels.astype(np.float32) @ _LUMA
+    laplacian = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4 * grey[1:-1, 1:-1]
     p90_index = int(0.9 * (grey.size - 1))
     return QualityMeasures(
         laplacian_var=float(laplacian.var()),
@@ -96,17 +96,20 @@ def _off_stain_share(
 ) -> float:
     """Share of pixels that are clearly coloured with a hue stains do not give (orange..cyan).
 
-    HSV saturation is chroma / max channel; the hue is computed for the coloured pixels only.
+    HSV saturation is chroma / max channel, so "coloured" is 4 * chroma > max for the 0.25
+    threshold. Hues 20..180 degrees need no division either: with green the largest channel
+    the hue lies in 60..180 (180 itself only when blue equals green); with red the largest it
+    is 60 * (green - blue) / chroma, at least 20 when 3 * (green - blue) >= chroma; with blue
+    the largest it lies in 180..300. All in exact integer arithmetic on the coloured pixels.
     """
     chroma = high - low
-    coloured = chroma > OFF_STAIN_SATURATION * high
-    if not coloured.any():
+    coloured = np.flatnonzero(chroma * 4 > high)
+    if coloured.size == 0:
         return 0.0
-    r, g, b, c = red[coloured], green[coloured], blue[coloured], chroma[coloured]
-    top = np.maximum(np.maximum(r, g), b)
-    hue = np.where(top == r, ((g - b) / c) % 6, np.where(top == g, (b - r) / c + 2, (r - g) / c + 4)) * 60.0
-    lo, hi = OFF_STAIN_HUES
-    return float(np.count_nonzero((hue >= lo) & (hue < hi)) / red.size)
+    r, g, b, c = (plane.ravel()[coloured] for plane in (red, green, blue, chroma))
+    green_top = (g > r) & (g > b)
+    red_top_orange = (r >= g) & (r >= b) & (3 * (g - b) >= c)
+    return float(np.count_nonzero(green_top | red_top_orange) / red.size)
 
 
 def assess_quality(pixels: np.ndarray) -> list[QualityWarning]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 import helpers_smears as smears
 from app.imaging import decode_image
-from app.quality import FOCUS_MIN_LAPLACIAN_VAR, assess_quality, measure
+from app.quality import FOCUS_MIN_LAPLACIAN_VAR, OFF_STAIN_HUES, OFF_STAIN_SATURATION, assess_quality, measure
 
 
 def codes(pixels: np.ndarray) -> list[str]:
@@ -86,3 +87,15 @@ def test_no_real_smear_draws_a_warning(data_dir: Path) -> None:
         if found:
             warned[path.name] = found
     assert warned == {}, f"{len(warned)} of {len(files)} real images drew warnings: {dict(list(warned.items())[:10])}"
+
+
+def test_off_stain_share_is_the_hsv_definition() -> None:
+    """The division-free integer test equals hue/saturation computed the textbook way (colorsys)."""
+    pixels = np.random.default_rng(7).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    lo, hi = OFF_STAIN_HUES
+    expected = 0
+    for r, g, b in pixels.reshape(-1, 3).tolist():
+        hue, saturation, _ = colorsys.rgb_to_hsv(r, g, b)  # integers: exact quotients at the thresholds
+        if saturation > OFF_STAIN_SATURATION and lo <= round(hue * 360, 9) < hi:
+            expected += 1
+    assert measure(pixels).off_stain_share == expected / (96 * 96)
