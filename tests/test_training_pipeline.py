@@ -56,6 +56,8 @@ def test_train_export_evaluate_writes_model_card_and_report(tmp_path):
     assert card["metrics"]["blocks"]["test_images"] == len(test_rows)
     assert card["calibration"]["temperature"] > 0 and 0 < card["calibration"]["refer_threshold"]
     assert "Calibration and referral" in report
+    assert sum(row["images"] for row in metrics["sessions"]) == metrics["test_images"]
+    assert "Per smear session (block-grouped test)" in report
     assert "Known limitations" in (models / "README.md").read_text()
 
 

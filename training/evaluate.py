@@ -27,7 +27,7 @@ from training.calibrate import (
     selective_report,
 )
 from training.data import Dataset, load_dataset, manifest_sha256
-from training.metrics import classification_report, expected_calibration_error
+from training.metrics import classification_report, expected_calibration_error, per_group
 
 log = logging.getLogger(__name__)
 
@@ -110,17 +110,20 @@ def audit(predictors: dict[str, Predict], images: np.ndarray, labels: np.ndarray
 def evaluate_run(run: RunData, onnx_path: Path, full_audit: bool = True) -> dict:
     """Test-split metrics of the model and the colour baselines, and (optionally) the audits."""
     x_train, y_train, _ = run.dataset.subset("train")
-    x_test, y_test, _ = run.dataset.subset("test")
+    x_test, y_test, test_samples = run.dataset.subset("test")
     model = onnx_predictor(onnx_path)
     probabilities = model(x_test)
     colour = HistogramBaseline(colour=True).fit(x_train, y_train)
     grey = HistogramBaseline(colour=False).fit(x_train, y_train)
+    colour_probabilities = colour.predict_proba(x_test)
     result = {
         "split": run.summary["config"]["split"],
         "test_images": int(len(y_test)),
         "model": classification_report(y_test, probabilities),
-        "baseline_colour_histogram": classification_report(y_test, colour.predict_proba(x_test)),
+        "baseline_colour_histogram": classification_report(y_test, colour_probabilities),
         "baseline_grey_histogram": classification_report(y_test, grey.predict_proba(x_test)),
+        "sessions": per_group(y_test, [s.group for s in test_samples],
+                              {"dscnet": probabilities, "colour_baseline": colour_probabilities}),
         "_test_labels": y_test,
         "_test_probabilities": probabilities,
     }

@@ -52,6 +52,31 @@ def _audit_rows(audit: list[dict]) -> list[str]:
     return rows
 
 
+def _session_rows(sessions: list[dict]) -> list[str]:
+    """Per test session (block): where the errors are, and whether colour alone already fails there."""
+    def read_as(counts: dict[str, int]) -> str:
+        return ", ".join(f"{name} {count}" for name, count in sorted(counts.items(), key=lambda kv: -kv[1])) or "-"
+
+    rows = [
+        "## Per smear session (block-grouped test)",
+        "",
+        "Each test block is one run of consecutive file numbers of one class, most likely one smear",
+        "session. Errors that gather in a few sessions mean the model learned how those sessions differ",
+        "(stain, illumination, cell density) rather than morphology; the colour baseline's column shows",
+        "which sessions look, by colour alone, like another class.",
+        "",
+        "| session | images | DSCNet accuracy | DSCNet read it as | colour baseline accuracy | baseline read it as |",
+        "|---|---:|---:|---|---:|---|",
+    ]
+    for row in sessions:
+        d, b = row["dscnet"], row["colour_baseline"]
+        rows.append(f"| {row['group']} | {row['images']} | {_pct(d['accuracy'])} | {read_as(d['read_as'])} | "
+                    f"{_pct(b['accuracy'])} | {read_as(b['read_as'])} |")
+    perfect = sum(1 for row in sessions if row["dscnet"]["accuracy"] == 1.0)
+    rows += ["", f"{perfect} of {len(sessions)} sessions are classified without error.", ""]
+    return rows
+
+
 def _calibration_rows(calibration: dict) -> list[str]:
     test, val = calibration["test"], calibration["validation"]
     return [
@@ -169,6 +194,7 @@ def render(results: dict[str, dict], training: dict, figures: list[str], notes: 
         "",
         *_audit_rows(blocks["audit"]),
         "",
+        *(_session_rows(blocks["sessions"]) if "sessions" in blocks else []),
         *_calibration_rows(blocks["calibration"]),
         "## Training",
         "",

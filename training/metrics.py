@@ -88,3 +88,32 @@ def roc_curves(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, tuple
             fpr, tpr, _ = roc_curve(positives, probabilities[:, c])
             curves[class_id] = (fpr, tpr)
     return curves
+
+
+def per_group(labels: np.ndarray, groups: list[str], versions: dict[str, np.ndarray]) -> list[dict]:
+    """Accuracy of each predictor within each group (smear session), and what it read instead.
+
+    Args:
+        labels: true class indices.
+        groups: the group (block) of each image, aligned with `labels`.
+        versions: predictor name -> probabilities (N, classes).
+
+    Returns one dict per group, in group order: group, true class, images, and per predictor
+    its accuracy and the counts of the wrong classes it predicted.
+    """
+    names = np.asarray(groups)
+    rows = []
+    for group in sorted(set(groups)):
+        members = names == group
+        classes = set(labels[members].tolist())
+        if len(classes) != 1:
+            raise ValueError(f"group {group} holds images of several classes: a group is one smear session")
+        truth = classes.pop()
+        row = {"group": group, "class": CLASS_IDS[truth], "images": int(members.sum())}
+        for name, probabilities in versions.items():
+            predicted = probabilities[members].argmax(axis=1)
+            wrong = {CLASS_IDS[c]: int((predicted == c).sum()) for c in range(len(CLASS_IDS)) if c != truth}
+            row[name] = {"accuracy": float((predicted == truth).mean()),
+                         "read_as": {k: v for k, v in wrong.items() if v}}
+        rows.append(row)
+    return rows
