@@ -4,7 +4,10 @@ What a model must not rely on, it is shown varied: orientation (flips, 90-degree
 framing (zoom 1.0-1.25x with shift), stain (Tellez et al. 2019: jitter of each stain in
 HED optical-density space), illumination and camera response (brightness, contrast, gamma,
 colour cast, saturation), focus (Gaussian blur), sensor noise, JPEG re-compression, and now
-and then no colour at all (grayscale). Before any geometric change the scale-bar corner is
+and then no colour at all (grayscale). With `stain_transfer` > 0, that share of images first
+takes the colour statistics of another training image, of any class (Reinhard transfer in
+l-alpha-beta space to per-image statistics, as RandStainNA, Shen et al. 2022, does): each
+class is then seen in every session's colours, so colour stops telling the classes apart. Before any geometric change the scale-bar corner is
 filled with the image's mean colour (`fill_corner`), so that no turn or flip can move the
 bar to where the model's filter does not mask it.
 """
@@ -14,7 +17,19 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from training.shifts import HED_FROM_RGB, RGB_FROM_HED, fill_corner
+from training.shifts import (
+    HED_FROM_RGB,
+    LAB_FROM_LOGLMS,
+    LMS_FROM_RGB,
+    RGB_FROM_HED,
+    fill_corner,
+    image_colour_statistics,
+)
+
+_LMS = LMS_FROM_RGB.astype(np.float32)
+_LAB = LAB_FROM_LOGLMS.astype(np.float32)
+_LMS_INV = np.linalg.inv(LMS_FROM_RGB).astype(np.float32)
+_LAB_INV = np.linalg.inv(LAB_FROM_LOGLMS).astype(np.float32)
 
 
 def _per_image(image: tf.Tensor, target: tf.Tensor, weight: tf.Tensor):
@@ -50,6 +65,22 @@ def _stain_jitter(x: tf.Tensor) -> tf.Tensor:
     return 256.0 * tf.exp(-density) - 1.0
 
 
+def _stain_transfer(x: tf.Tensor, means: tf.Tensor, stds: tf.Tensor, probability: float) -> tf.Tensor:
+    """Give a `probability` share of the batch the l-alpha-beta statistics of random training images."""
+    batch = tf.shape(x)[0]
+    rgb = tf.maximum(x / 255.0, 1.0 / 255.0)
+    lab = tf.einsum("bhwc,dc->bhwd", tf.math.log(tf.einsum("bhwc,dc->bhwd", rgb, _LMS)) / np.log(10.0), _LAB)
+    mean = tf.reduce_mean(lab, axis=[1, 2], keepdims=True)
+    std = tf.math.reduce_std(lab, axis=[1, 2], keepdims=True) + 1e-6
+    pick = tf.random.uniform([batch], 0, tf.shape(means)[0], dtype=tf.int32)
+    target_mean = tf.reshape(tf.gather(means, pick), [batch, 1, 1, 3])
+    target_std = tf.reshape(tf.gather(stds, pick), [batch, 1, 1, 3])
+    lab = (lab - mean) / std * target_std + target_mean
+    lms = tf.pow(10.0, tf.einsum("bhwc,dc->bhwd", lab, _LAB_INV))
+    moved = tf.clip_by_value(255.0 * tf.einsum("bhwc,dc->bhwd", lms, _LMS_INV), 0.0, 255.0)
+    return tf.where(tf.random.uniform([batch, 1, 1, 1]) < probability, moved, x)
+
+
 def _illumination(x: tf.Tensor) -> tf.Tensor:
     batch = tf.shape(x)[0]
     x = x * _uniform(batch, 0.88, 1.12, 3)  # colour cast / white balance
@@ -78,16 +109,8 @@ def _blur_and_noise(x: tf.Tensor) -> tf.Tensor:
     return x + noise
 
 
-def _per_batch(x: tf.Tensor, target: tf.Tensor, weight: tf.Tensor):
-    x = _zoom_shift(x)
-    x = _stain_jitter(x)
-    x = _illumination(x)
-    x = _blur_and_noise(x)
-    return tf.clip_by_value(x, 0.0, 255.0), target, weight
-
-
 def training_dataset(images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch_size: int,
-                     seed: int) -> tf.data.Dataset:
+                     seed: int, stain_transfer: float = 0.0) -> tf.data.Dataset:
     """An endless, shuffled, augmented stream of (float32 pixels 0..255, target, weight) batches.
 
     Args:
@@ -96,11 +119,25 @@ def training_dataset(images: np.ndarray, targets: np.ndarray, weights: np.ndarra
         weights: (N,) per-sample loss weights (class balance).
         batch_size: images per batch; the last incomplete batch of an epoch is dropped.
         seed: shuffle seed.
+        stain_transfer: share of images given another training image's colour statistics (0: none).
     """
-    data = tf.data.Dataset.from_tensor_slices((fill_corner(images), targets.astype(np.float32),
+    filled = fill_corner(images)
+    if stain_transfer > 0:
+        means, stds = (tf.constant(a, tf.float32) for a in image_colour_statistics(filled))
+
+    def per_batch(x: tf.Tensor, target: tf.Tensor, weight: tf.Tensor):
+        x = _zoom_shift(x)
+        if stain_transfer > 0:
+            x = _stain_transfer(x, means, stds, stain_transfer)
+        x = _stain_jitter(x)
+        x = _illumination(x)
+        x = _blur_and_noise(x)
+        return tf.clip_by_value(x, 0.0, 255.0), target, weight
+
+    data = tf.data.Dataset.from_tensor_slices((filled, targets.astype(np.float32),
                                                weights.astype(np.float32)))
     data = data.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
     data = data.map(_per_image, num_parallel_calls=tf.data.AUTOTUNE)
     data = data.batch(batch_size, drop_remainder=True)
-    data = data.map(_per_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    data = data.map(per_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return data.prefetch(2)

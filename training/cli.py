@@ -48,7 +48,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     default_out = REPO_ROOT / "runs" / (args.split if args.arch == "dscnet" else args.arch)
     config = TrainConfig(data_dir=args.data_dir, out_dir=args.out or default_out, split=args.split,
-                         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, arch=args.arch)
+                         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, arch=args.arch,
+                         stain_transfer=args.stain_transfer)
     try:
         folder = train(config)
     except DatasetError as err:
@@ -138,6 +139,13 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
+    return value
+
+
 def add_commands(commands) -> None:
     """Add train, export and evaluate to the `dscnet` argument parser."""
     train = commands.add_parser("train", help="train DSCNet on a class-folder dataset")
@@ -149,6 +157,8 @@ def add_commands(commands) -> None:
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=20)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--stain-transfer", type=_share, default=0.0, metavar="SHARE",
+                       help="share of training images (0..1) given another training image's colour statistics")
     train.add_argument("--out", type=Path, help="run folder (default runs/<split>)")
     train.set_defaults(run=run_train)
 

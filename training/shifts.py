@@ -24,8 +24,8 @@ RGB_FROM_HED = (_RGB_FROM_HED / np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=T
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
 
 # Reinhard et al. 2001: RGB -> LMS, and log-LMS -> l-alpha-beta.
-_LMS_FROM_RGB = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
-_LAB_FROM_LOGLMS = np.diag([1 / np.sqrt(3), 1 / np.sqrt(6), 1 / np.sqrt(2)]) @ np.array(
+LMS_FROM_RGB = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
+LAB_FROM_LOGLMS = np.diag([1 / np.sqrt(3), 1 / np.sqrt(6), 1 / np.sqrt(2)]) @ np.array(
     [[1, 1, 1], [1, 1, -2], [1, -1, 0]])
 
 
@@ -73,18 +73,28 @@ def hed_stain(images: np.ndarray, scale: float = 0.2, shift: float = 0.05, seed:
 
 def _rgb_to_lab(images: np.ndarray) -> np.ndarray:
     rgb = np.maximum(images.astype(np.float64) / 255.0, 1.0 / 255.0)
-    return np.log10(rgb @ _LMS_FROM_RGB.T) @ _LAB_FROM_LOGLMS.T
+    return np.log10(rgb @ LMS_FROM_RGB.T) @ LAB_FROM_LOGLMS.T
 
 
 def _lab_to_rgb(lab: np.ndarray) -> np.ndarray:
-    lms = 10.0 ** (lab @ np.linalg.inv(_LAB_FROM_LOGLMS).T)
-    return _to_uint8(255.0 * (lms @ np.linalg.inv(_LMS_FROM_RGB).T))
+    lms = 10.0 ** (lab @ np.linalg.inv(LAB_FROM_LOGLMS).T)
+    return _to_uint8(255.0 * (lms @ np.linalg.inv(LMS_FROM_RGB).T))
+
+
+def image_colour_statistics(images: np.ndarray, chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's per-channel l-alpha-beta mean and standard deviation, two (N, 3) arrays."""
+    means, stds = [], []
+    for start in range(0, len(images), chunk):  # float64 l-alpha-beta of every image at once is GBs
+        lab = _rgb_to_lab(images[start:start + chunk])
+        means.append(lab.mean(axis=(1, 2)))
+        stds.append(lab.std(axis=(1, 2)))
+    return np.concatenate(means), np.concatenate(stds)
 
 
 def colour_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean over images of each image's per-channel l-alpha-beta mean and standard deviation."""
-    lab = _rgb_to_lab(images)
-    return lab.mean(axis=(1, 2)).mean(axis=0), lab.std(axis=(1, 2)).mean(axis=0)
+    means, stds = image_colour_statistics(images)
+    return means.mean(axis=0), stds.mean(axis=0)
 
 
 def reinhard_transfer(images: np.ndarray, target_mean: np.ndarray, target_std: np.ndarray) -> np.ndarray:

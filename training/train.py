@@ -37,6 +37,8 @@ class TrainConfig:
     block_size: int = 25
     limit_per_class: int | None = None  # for smoke runs only
     arch: str = "dscnet"  # a name from training.architectures.ARCHITECTURES
+    # share of training images given another training image's colour statistics (training.augment)
+    stain_transfer: float = 0.0
     model: DSCNetConfig = field(default_factory=DSCNetConfig)  # used when arch is "dscnet"
 
 
@@ -96,7 +98,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
 
     steps = max(len(y_train) // config.batch_size, 1)
     train_data = training_dataset(x_train, smoothed_targets(y_train, config.label_smoothing),
-                                  balancing_weights(y_train), config.batch_size, config.seed)
+                                  balancing_weights(y_train), config.batch_size, config.seed,
+                                  stain_transfer=config.stain_transfer)
     val_data = tf.data.Dataset.from_tensor_slices(
         (x_val.astype(np.float32), smoothed_targets(y_val, config.label_smoothing),
          balancing_weights(y_val))).batch(50)
