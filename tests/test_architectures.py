@@ -66,5 +66,8 @@ def test_comparison_table_has_a_row_per_model_with_its_recipe(tmp_path):
     assert "| dscnet | 93.39 | 90.00 | 91.00 | 97.00 | 90.50 | 99.00 | 92.39 | 292,359 | 1,500 | 11.4 | 34.3 (20) | 50% |" in text
     assert "| lenet5 | 80.00 |" in text and text.rstrip().endswith("![comparison](comparison.png)")
     assert text.count("| lenet5 |") == 1 and "| 0% |" in text  # a run from before the option: none
+    assert "## Observations" not in text
+    assert render([_row("dscnet", 0.9, 0.0)], notes="Darknet overfits.\n").endswith(
+        "## Observations\n\nDarknet overfits.\n")
     plot([_row("dscnet", 0.9339, 0.5), _row("lenet5", 0.80, None)], tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 1000

@@ -132,7 +132,8 @@ def run_compare(args: argparse.Namespace) -> int:
     _setup_logging()
     from training.compare import compare
 
-    rows = compare(args.runs, args.data_dir, args.reports)
+    notes = args.notes.read_text(encoding="utf-8") if args.notes else ""
+    rows = compare(args.runs, args.data_dir, args.reports, notes)
     for row in rows:
         print(f"{row['arch']:>18}: accuracy {100 * row['accuracy']:.2f}%, macro F1 {100 * row['macro']['f1']:.2f}%")
     print(f"report: {args.reports / 'comparison.md'}")
@@ -184,4 +185,6 @@ def add_commands(commands) -> None:
     compare.add_argument("runs", type=Path, nargs="+", help="run folders (dscnet first), e.g. runs/blocks runs/lenet5")
     compare.add_argument("--reports", type=Path, default=REPO_ROOT / "models" / "reports")
     compare.add_argument("--data-dir", type=Path, default=default_data_dir())
+    compare.add_argument("--notes", type=Path, default=None,
+                         help="a markdown file of observations to append to comparison.md")
     compare.set_defaults(run=run_compare)

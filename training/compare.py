@@ -102,7 +102,7 @@ def compare_run(folder: Path, data_dir: Path) -> dict:
     }
 
 
-def render(rows: list[dict]) -> str:
+def render(rows: list[dict], notes: str = "") -> str:
     lines = [
         "# DSCNet against the paper's comparison models",
         "",
@@ -135,6 +135,8 @@ def render(rows: list[dict]) -> str:
         "![comparison](comparison.png)",
         "",
     ]
+    if notes:
+        lines += ["## Observations", "", notes.strip(), ""]
     return "\n".join(lines)
 
 
@@ -155,11 +157,11 @@ def plot(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def compare(runs: list[Path], data_dir: Path, out_dir: Path) -> list[dict]:
+def compare(runs: list[Path], data_dir: Path, out_dir: Path, notes: str = "") -> list[dict]:
     """Evaluate every run; write comparison.md, comparison.json and comparison.png."""
     rows = [compare_run(folder, data_dir) for folder in runs]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "comparison.md").write_text(render(rows), encoding="utf-8")
+    (out_dir / "comparison.md").write_text(render(rows, notes), encoding="utf-8")
     plot(rows, out_dir / "comparison.png")
     return rows
