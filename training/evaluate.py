@@ -122,11 +122,12 @@ def evaluate_run(run: RunData, onnx_path: Path, full_audit: bool = True) -> dict
         "model": classification_report(y_test, probabilities),
         "baseline_colour_histogram": classification_report(y_test, colour_probabilities),
         "baseline_grey_histogram": classification_report(y_test, grey.predict_proba(x_test)),
-        "sessions": per_group(y_test, [s.group for s in test_samples],
-                              {"dscnet": probabilities, "colour_baseline": colour_probabilities}),
         "_test_labels": y_test,
         "_test_probabilities": probabilities,
     }
+    if result["split"] == "blocks":  # in a random split a "session" is spread over train and test
+        result["sessions"] = per_group(y_test, [s.group for s in test_samples],
+                                       {"dscnet": probabilities, "colour_baseline": colour_probabilities})
     result["calibration"] = calibrate(run, model, y_test, probabilities)
     result["_test_calibrated"] = apply_temperature(probabilities, result["calibration"]["temperature"])
     if full_audit:
