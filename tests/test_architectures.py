@@ -49,9 +49,9 @@ def test_flops_of_a_single_convolution_are_counted_exactly(tmp_path):
     assert onnx_flops(tmp_path / "one.onnx") == 2 * 224 * 224 * 8 * 27 + 2 * 4 * 8
 
 
-def _row(arch: str, accuracy: float, stain_transfer: float | None) -> dict:
+def _row(arch: str, accuracy: float, stain_transfer: float | None, run: str | None = None) -> dict:
     macro = {"precision": 0.9, "recall": 0.91, "specificity": 0.97, "f1": 0.905, "auc": 0.99}
-    row = {"arch": arch, "run": arch, "test_images": 484, "accuracy": accuracy, "macro": macro,
+    row = {"arch": arch, "run": run or arch, "test_images": 484, "accuracy": accuracy, "macro": macro,
            "corner_masked_accuracy": accuracy - 0.01, "parameters": 292359, "flops": 1.5e9,
            "latency_ms_batch1": 11.44, "training_minutes": 34.26, "epochs": 20}
     if stain_transfer is not None:
@@ -62,8 +62,8 @@ def _row(arch: str, accuracy: float, stain_transfer: float | None) -> dict:
 def test_comparison_table_has_a_row_per_model_with_its_recipe(tmp_path):
     from training.compare import plot, render
 
-    text = render([_row("dscnet", 0.9339, 0.5), _row("lenet5", 0.80, None)])
-    assert "| dscnet | 93.39 | 90.00 | 91.00 | 97.00 | 90.50 | 99.00 | 92.39 | 292,359 | 1,500 | 11.4 | 34.3 (20) | 50% |" in text
+    text = render([_row("dscnet", 0.9339, 0.5, run="blocks"), _row("lenet5", 0.80, None)])
+    assert "| dscnet (blocks) | 93.39 | 90.00 | 91.00 | 97.00 | 90.50 | 99.00 | 92.39 | 292,359 | 1,500 | 11.4 | 34.3 (20) | 50% |" in text
     assert "| lenet5 | 80.00 |" in text and text.rstrip().endswith("![comparison](comparison.png)")
     assert text.count("| lenet5 |") == 1 and "| 0% |" in text  # a run from before the option: none
     assert "## Observations" not in text

@@ -102,6 +102,11 @@ def compare_run(folder: Path, data_dir: Path) -> dict:
     }
 
 
+def model_label(row: dict) -> str:
+    """The model's name, with its run folder where that says more (two DSCNet recipes, say)."""
+    return row["arch"] if row["run"] == row["arch"] else f"{row['arch']} ({row['run']})"
+
+
 def render(rows: list[dict], notes: str = "") -> str:
     lines = [
         "# DSCNet against the paper's comparison models",
@@ -119,7 +124,7 @@ def render(rows: list[dict], notes: str = "") -> str:
     for r in rows:
         m = r["macro"]
         lines.append(
-            f"| {r['arch']} | {_pct(r['accuracy'])} | {_pct(m['precision'])} | {_pct(m['recall'])} | "
+            f"| {model_label(r)} | {_pct(r['accuracy'])} | {_pct(m['precision'])} | {_pct(m['recall'])} | "
             f"{_pct(m['specificity'])} | {_pct(m['f1'])} | {_pct(m['auc'])} | {_pct(r['corner_masked_accuracy'])} | "
             f"{r['parameters']:,} | {r['flops'] / 1e6:,.0f} | {r['latency_ms_batch1']:.1f} | "
             f"{r['training_minutes']:.1f} ({r['epochs']}) | {r.get('stain_transfer', 0.0):.0%} |")
@@ -148,7 +153,7 @@ def plot(rows: list[dict], out: Path) -> None:
     x = np.arange(len(rows))
     for i, (label, value) in enumerate(metrics):
         ax.bar(x + i * width, [100 * value(r) for r in rows], width, label=label)
-    ax.set_xticks(x + width * (len(metrics) - 1) / 2, [r["arch"] for r in rows], rotation=15)
+    ax.set_xticks(x + width * (len(metrics) - 1) / 2, [model_label(r) for r in rows], rotation=15)
     ax.set_ylabel("% on the block-grouped test split")
     ax.set_ylim(0, 100)
     ax.legend(loc="lower right")
