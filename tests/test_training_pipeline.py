@@ -69,3 +69,17 @@ def test_evaluate_refuses_a_different_dataset(tmp_path):
         {"config": {"split": "blocks", "block_size": 3, "seed": 0}, "manifest_sha256": "0" * 64}))
     with pytest.raises(RuntimeError, match="differs from the one run"):
         run_command("evaluate", "--run", str(run), "--data-dir", str(data), "--model", str(tmp_path / "m.onnx"))
+
+
+@pytest.mark.slow
+def test_a_second_training_seed_can_keep_the_split(tmp_path):
+    from training.data import load_dataset, manifest_sha256
+    from training.evaluate import load_run
+
+    data = make_dataset(tmp_path / "data", per_class=12)
+    run = train(TrainConfig(data_dir=data, out_dir=tmp_path / "run", epochs=1, block_size=3, seed=1, split_seed=0,
+                            model=DSCNetConfig.tiny()))
+    recorded = json.loads((run / "training.json").read_text())["manifest_sha256"]
+    assert recorded == manifest_sha256(load_dataset(data, block_size=3, seed=0).samples)
+    assert recorded != manifest_sha256(load_dataset(data, block_size=3, seed=1).samples)
+    assert load_run(run, data).summary["config"]["split_seed"] == 0  # evaluate rebuilds the same split

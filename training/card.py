@@ -9,6 +9,7 @@ from pathlib import Path
 
 from app.imaging import IMAGE_SIZE, PREPROCESSING_VERSION
 from app.labels import CLASS_IDS, CLASS_NAMES
+from training.data import split_seed
 
 MODEL_NAME = "dscnet"
 MODEL_VERSION = "1.0.0"
@@ -90,6 +91,7 @@ def build_card(onnx_path: Path, training: dict, export: dict, versions: dict) ->
             "split": training["config"]["split"],
             "block_size": training["config"]["block_size"],
             "seed": training["config"]["seed"],
+            "split_seed": split_seed(training["config"]),
             "manifest": "split.csv",
             "manifest_sha256": training["manifest_sha256"],
             "train_images": training["train_images"],

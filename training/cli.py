@@ -48,7 +48,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     default_out = REPO_ROOT / "runs" / (args.split if args.arch == "dscnet" else args.arch)
     config = TrainConfig(data_dir=args.data_dir, out_dir=args.out or default_out, split=args.split,
-                         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, arch=args.arch,
+                         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, split_seed=args.split_seed,
+                         arch=args.arch,
                          stain_transfer=args.stain_transfer)
     try:
         folder = train(config)
@@ -157,7 +158,10 @@ def add_commands(commands) -> None:
                        help="the model to train; the comparison models are reports, not shipped")
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=20)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="seed of the weights, shuffling, augmentation and split")
+    train.add_argument("--split-seed", type=int, default=None,
+                       help="draw the split with this seed instead (e.g. --seed 1 --split-seed 0: a second "
+                            "training of the same split)")
     train.add_argument("--stain-transfer", type=_share, default=0.0, metavar="SHARE",
                        help="share of training images (0..1) given another training image's colour statistics")
     train.add_argument("--out", type=Path, help="run folder (default runs/<split>)")

@@ -92,6 +92,13 @@ def find_class_folders(root: Path) -> dict[str, Path]:
     return found
 
 
+def split_seed(config: dict) -> int:
+    """The seed a run's split was drawn with, from its recorded config (runs from before
+    split_seed existed drew it with their one seed)."""
+    value = config.get("split_seed")
+    return config["seed"] if value is None else value
+
+
 def load_dataset(root: Path, *, split: str = "blocks", block_size: int = 25, seed: int = 0,
                  fractions: tuple[float, float] = (0.15, 0.15)) -> Dataset:
     """Read, decode, deduplicate and split a class-folder dataset.

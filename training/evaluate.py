@@ -26,7 +26,7 @@ from training.calibrate import (
     refer_threshold,
     selective_report,
 )
-from training.data import Dataset, load_dataset, manifest_sha256
+from training.data import Dataset, load_dataset, manifest_sha256, split_seed
 from training.metrics import classification_report, expected_calibration_error, per_group
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def load_run(folder: Path, root: Path) -> RunData:
     """Rebuild the run's split from the dataset at `root` and check it is the one the run trained on."""
     summary = json.loads((folder / "training.json").read_text(encoding="utf-8"))
     config = summary["config"]
-    dataset = load_dataset(root, split=config["split"], block_size=config["block_size"], seed=config["seed"])
+    dataset = load_dataset(root, split=config["split"], block_size=config["block_size"], seed=split_seed(config))
     rebuilt = manifest_sha256(dataset.samples)
     if rebuilt != summary["manifest_sha256"]:
         raise RuntimeError(

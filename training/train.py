@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from app.labels import CLASS_IDS
 from training.augment import training_dataset
-from training.data import Dataset, load_dataset, write_manifest
+from training.data import Dataset, load_dataset, split_seed, write_manifest
 from training.architectures import build_architecture
 from training.model import DSCNetConfig, build_dscnet
 
@@ -33,7 +33,8 @@ class TrainConfig:
     batch_size: int = 20
     learning_rate: float = 1e-3
     label_smoothing: float = 0.05
-    seed: int = 0
+    seed: int = 0  # weights, shuffling and augmentation; also the split's, unless split_seed is given
+    split_seed: int | None = None  # another training seed on the same split: split_seed=0, seed=1
     block_size: int = 25
     limit_per_class: int | None = None  # for smoke runs only
     arch: str = "dscnet"  # a name from training.architectures.ARCHITECTURES
@@ -87,7 +88,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     if dataset is None:
-        dataset = load_dataset(config.data_dir, split=config.split, block_size=config.block_size, seed=config.seed)
+        dataset = load_dataset(config.data_dir, split=config.split, block_size=config.block_size,
+                               seed=split_seed(asdict(config)))
     manifest_sha256 = write_manifest(dataset.samples, out / "split.csv")
     x_train, y_train, _ = dataset.subset("train")
     x_val, y_val, _ = dataset.subset("val")
