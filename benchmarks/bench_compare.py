@@ -246,6 +246,11 @@ def print_report(args: argparse.Namespace, per_run: dict[int, tuple[float, float
         print(f"- {figures.name}: " + "; ".join(line))
 
 
+def parse_assignments(text: str) -> dict[str, str]:
+    """`VAR=VALUE,VAR=VALUE` (as --tree and --config take them) as a dict; empty text, no variables."""
+    return dict(item.split("=", 1) for item in text.split(",") if item)
+
+
 def git_describe(tree: Path) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True)
     return f"{tree} at {commit.stdout.strip()}" if commit.returncode == 0 else f"{tree} (not a git checkout)"
@@ -304,7 +309,7 @@ def main() -> None:
     for spec in args.tree:
         name, _, rest = spec.partition("=")
         path, _, assignments = rest.partition(":")
-        env = dict(item.split("=", 1) for item in assignments.split(",") if item)
+        env = parse_assignments(assignments)
         configs.append((name, Path(path), env, f"the service from {path} {' '.join(f'{k}={v}' for k, v in env.items())}"))
     configs.append(("service", args.src, {}, "the shipped defaults (micro-batching off)"))
     configs.append(("batched", args.src, {"DSCNET_BATCHING": "true"}, "micro-batching on"))
@@ -312,7 +317,7 @@ def main() -> None:
         configs.append(("int8", args.src, {"DSCNET_MODEL_PATH": str(args.int8)}, f"the shipped defaults, {args.int8.name}"))
     for spec in args.config:
         name, _, assignments = spec.partition(":")
-        env = dict(item.split("=", 1) for item in assignments.split(",") if item)
+        env = parse_assignments(assignments)
         configs.append((name, args.src, env, ", ".join(f"{k}={v}" for k, v in env.items())))
 
     servers: list[ServerFigures] = []

@@ -33,21 +33,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import multipart_request  # noqa: E402
 from service_process import ServiceProcess, resolve_model  # noqa: E402
-
-BOUNDARY = "loadtestboundary"
-
-
-def predict_request(host: str, image: bytes) -> bytes:
-    body = (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"s.jpg\"\r\n"
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()
-    head = (
-        f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    return head + body
 
 
 def probe_request(host: str) -> bytes:
@@ -150,7 +137,7 @@ async def prober(host: str, port: int, stop_at: float, phase: Phase) -> None:
 
 async def run_phase(url: str, image: bytes, concurrency: int, seconds: float, backoff: bool) -> Phase:
     host, port = url.removeprefix("http://").split(":")
-    request = predict_request(f"{host}:{port}", image)
+    request = multipart_request("/predict", "image", [("s.jpg", image)], f"{host}:{port}")
     phase = Phase(concurrency, seconds)
     stop_at = time.perf_counter() + seconds
     await asyncio.gather(
