@@ -1,26 +1,30 @@
-"""Training augmentation: the stain transfer matches the audit's Reinhard transfer; the stream's shape."""
+"""Training augmentation: the feed's batches, the augmentation layer, and the stain transfer."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow", reason="the [train] extra is not installed")  # CI installs it
+pytest.importorskip("keras", reason="the [train] extra is not installed")  # CI installs it
 
-import tensorflow as tf  # noqa: E402
+import keras  # noqa: E402
 
 import helpers_smears as smears  # noqa: E402
-from training.augment import _stain_transfer, training_dataset  # noqa: E402
-from training.shifts import image_colour_statistics, reinhard_transfer  # noqa: E402
+from training.augment import SmearAugment, TrainingFeed, augmenter, recompress_jpeg, stain_transfer  # noqa: E402
+from training.shifts import CORNER_HEIGHT, CORNER_WIDTH, image_colour_statistics, reinhard_transfer  # noqa: E402
+
+
+def _smears(count: int) -> np.ndarray:
+    return np.stack([smears.smear(seed=s) for s in range(count)])
 
 
 def test_stain_transfer_is_the_reinhard_transfer_to_a_training_image() -> None:
-    source = np.stack([smears.smear(seed=s) for s in range(2)])
+    source = _smears(2)
     tint = np.array([0.8, 0.9, 1.05])  # another session: bluer stain, dimmer lamp
     target = np.stack([np.clip(smears.smear(seed=9) * tint, 0, 255).astype(np.uint8)])
     means, stds = image_colour_statistics(target)
-    moved = _stain_transfer(tf.constant(source, tf.float32), tf.constant(means, tf.float32),
-                            tf.constant(stds, tf.float32), probability=1.0).numpy()
+    moved = keras.ops.convert_to_numpy(stain_transfer(source.astype(np.float32), means.astype(np.float32),
+                                                      stds.astype(np.float32), probability=1.0, seed=0))
     expected = reinhard_transfer(source, means[0], stds[0])
     assert np.abs(moved - expected.astype(np.float32)).max() <= 1.0  # float32 vs float64, rounding
     moved_means, _ = image_colour_statistics(np.round(moved).astype(np.uint8))
@@ -29,18 +33,77 @@ def test_stain_transfer_is_the_reinhard_transfer_to_a_training_image() -> None:
 
 
 def test_stain_transfer_at_share_zero_changes_nothing() -> None:
-    source = np.stack([smears.smear(seed=3)]).astype(np.float32)
+    source = _smears(1).astype(np.float32)
     means, stds = image_colour_statistics(source.astype(np.uint8))
-    kept = _stain_transfer(tf.constant(source), tf.constant(means, tf.float32), tf.constant(stds, tf.float32),
-                           probability=0.0).numpy()
+    kept = keras.ops.convert_to_numpy(stain_transfer(source, means.astype(np.float32), stds.astype(np.float32),
+                                                     probability=0.0, seed=0))
     assert np.array_equal(kept, source)
 
 
-def test_training_stream_gives_float_pixel_batches_with_their_targets() -> None:
-    images = np.stack([smears.smear(seed=s) for s in range(6)])
-    targets = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]]
-    stream = training_dataset(images, targets, np.ones(6, np.float32), batch_size=4, seed=0, stain_transfer=0.5)
-    x, y, w = next(iter(stream))
-    assert x.shape == (4, 224, 224, 3) and x.dtype == tf.float32
-    assert 0.0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 255.0
-    assert y.shape == (4, 4) and w.shape == (4,)
+def test_feed_gives_shuffled_float_batches_with_their_targets_and_drops_the_remainder() -> None:
+    images = _smears(10)
+    targets = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1, 2, 3, 0, 1]]
+    weights = np.arange(10, dtype=np.float32)
+    feed = TrainingFeed(images, targets, weights, batch_size=4, seed=0, jpeg_share=0.0)
+    assert len(feed) == 2
+    x, y, w = feed[0]
+    assert x.shape == (4, 224, 224, 3) and x.dtype == np.float32
+    rows = w.astype(int)  # the weights name the rows the batch came from
+    assert np.array_equal(y, targets[rows])
+    assert np.array_equal(x[:, :100, :100], images[rows, :100, :100].astype(np.float32))
+    # the scale-bar corner is filled with each image's mean colour before any augmentation
+    corner = x[:, -CORNER_HEIGHT:, -CORNER_WIDTH:]
+    assert np.all(corner == corner[:, :1, :1])
+    first = np.concatenate([feed[i][2] for i in range(len(feed))])
+    feed.on_epoch_end()
+    second = np.concatenate([feed[i][2] for i in range(len(feed))])
+    assert len(set(first)) == 8 and not np.array_equal(first, second)  # no repeats; reshuffled
+
+
+def test_feed_batches_depend_only_on_seed_epoch_and_index() -> None:
+    images, targets, weights = _smears(8), np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 2], np.ones(8, np.float32)
+    a = TrainingFeed(images, targets, weights, batch_size=4, seed=3, jpeg_share=0.5)
+    b = TrainingFeed(images, targets, weights, batch_size=4, seed=3, jpeg_share=0.5)
+    assert np.array_equal(a[1][0], b[1][0]) and np.array_equal(a[0][0], b[0][0])  # any order of reads
+    c = TrainingFeed(images, targets, weights, batch_size=4, seed=4, jpeg_share=0.5)
+    assert not np.array_equal(a[0][0], c[0][0])
+
+
+def test_feed_recompresses_its_share_of_images_as_jpeg() -> None:
+    images = _smears(4)
+    feed = TrainingFeed(images, np.eye(4, dtype=np.float32), np.arange(4, dtype=np.float32), 4, seed=0,
+                        jpeg_share=1.0)
+    x, _, w = feed[0]
+    filled = feed.images[w.astype(int)].astype(np.float32)
+    changed = np.abs(x - filled).mean(axis=(1, 2, 3))
+    assert np.all(changed > 0.1)  # every image re-compressed
+    assert np.all(changed < 12.0)  # and still the same picture
+    assert recompress_jpeg(images[0], 90).shape == images[0].shape
+
+
+def test_augmentation_is_the_identity_outside_training() -> None:
+    x = _smears(2).astype(np.float32)
+    layer = SmearAugment(seed=0)
+    assert np.array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+
+
+def test_augmentation_changes_each_image_within_the_pixel_range() -> None:
+    x = _smears(4).astype(np.float32)
+    for share in (0.0, 1.0):
+        layer = augmenter(x.astype(np.uint8), share, seed=0)
+        out = keras.ops.convert_to_numpy(layer(x, training=True))
+        assert out.shape == x.shape and out.dtype == np.float32
+        assert out.min() >= 0.0 and out.max() <= 255.0
+        assert np.all(np.abs(out - x).mean(axis=(1, 2, 3)) > 1.0)
+        again = keras.ops.convert_to_numpy(layer(x, training=True))
+        assert not np.array_equal(out, again)  # a new draw each call
+
+
+def test_orientation_gives_the_eight_turns_and_flips_of_the_square() -> None:
+    image = np.arange(4 * 4 * 3, dtype=np.float32).reshape(1, 4, 4, 3)
+    layer = SmearAugment(seed=1)
+    seen = {keras.ops.convert_to_numpy(layer.orient(image))[0].tobytes() for _ in range(200)}
+    square = image[0]
+    expected = {np.ascontiguousarray(t).tobytes()
+                for k in range(4) for t in (np.rot90(square, k), np.rot90(square[:, ::-1], k))}
+    assert seen == expected

@@ -35,13 +35,27 @@ def _needs_training_extra(command: str):
         raise SystemExit(2) from None
 
 
+def _needs_keras_backend(command: str):
+    try:
+        import importlib
+
+        import keras
+
+        importlib.import_module(keras.backend.backend())  # tensorflow, jax or torch
+    except ImportError:
+        print(MISSING_EXTRA.format(command=command), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _setup_logging() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def run_train(args: argparse.Namespace) -> int:
-    _needs_training_extra("train")
+    # Training needs Keras and one of its backends (TensorFlow here; JAX or PyTorch on an
+    # accelerator machine, with KERAS_BACKEND set); export and evaluate need TensorFlow.
+    _needs_keras_backend("train")
     _setup_logging()
     from training.data import DatasetError
     from training.train import TrainConfig, train
@@ -49,8 +63,8 @@ def run_train(args: argparse.Namespace) -> int:
     default_out = REPO_ROOT / "runs" / (args.split if args.arch == "dscnet" else args.arch)
     config = TrainConfig(data_dir=args.data_dir, out_dir=args.out or default_out, split=args.split,
                          epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, split_seed=args.split_seed,
-                         arch=args.arch,
-                         stain_transfer=args.stain_transfer)
+                         arch=args.arch, stain_transfer=args.stain_transfer, manifest=args.manifest,
+                         workers=args.workers, time_limit=args.time_limit)
     try:
         folder = train(config)
     except DatasetError as err:
@@ -164,6 +178,12 @@ def add_commands(commands) -> None:
                             "training of the same split)")
     train.add_argument("--stain-transfer", type=_share, default=0.0, metavar="SHARE",
                        help="share of training images (0..1) given another training image's colour statistics")
+    train.add_argument("--manifest", type=Path, default=None,
+                       help="train on this split manifest (e.g. models/split.csv) instead of drawing a split; "
+                            "only its training and validation images need to be in --data-dir")
+    train.add_argument("--workers", type=int, default=1, help="data-loader threads (JPEG re-compression)")
+    train.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                       help="stop after the epoch that ends past this many seconds (best epoch still restored)")
     train.add_argument("--out", type=Path, help="run folder (default runs/<split>)")
     train.set_defaults(run=run_train)
 
@@ -192,3 +212,16 @@ def add_commands(commands) -> None:
     compare.add_argument("--notes", type=Path, default=None,
                          help="a markdown file of observations to append to comparison.md")
     compare.set_defaults(run=run_compare)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m training.cli train|export|evaluate|compare ...`: the offline commands without the
+    serving package's imports (for a training machine that has only Keras and a backend)."""
+    parser = argparse.ArgumentParser(prog="python -m training.cli")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -137,6 +137,48 @@ def load_dataset(root: Path, *, split: str = "blocks", block_size: int = 25, see
     return Dataset(samples=[by_file[samples[i].file] for i in kept] + duplicates, images=images[kept])
 
 
+def read_manifest(path: Path) -> list[Sample]:
+    """The samples of a split manifest written by `write_manifest`."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or tuple(rows[0].keys()) != MANIFEST_FIELDS:
+        raise DatasetError(f"{path} is not a split manifest (expected columns {', '.join(MANIFEST_FIELDS)})")
+    unknown = sorted({r["class"] for r in rows} - set(CLASS_IDS))
+    if unknown:
+        raise DatasetError(f"{path} names unknown classes: {', '.join(unknown)}")
+    return [Sample(r["file"], r["sha256"], CLASS_IDS.index(r["class"]), r["group"], r["split"]) for r in rows]
+
+
+def load_manifest_dataset(root: Path, manifest: Path, splits: tuple[str, ...] = SPLITS) -> Dataset:
+    """The images that `manifest` puts in `splits`, read from `root` and checked against their sha256.
+
+    Only those files need to be there: a copy of the training and validation images is enough
+    to train on a split drawn elsewhere.
+    """
+    samples = [s for s in read_manifest(manifest) if s.split in splits]
+    problems: list[str] = []
+    images: list[np.ndarray] = []
+    for s in samples:
+        path = root / s.file
+        if not path.is_file():
+            problems.append(f"{s.file} (missing)")
+            continue
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != s.sha256:
+            problems.append(f"{s.file} (content differs from the manifest's sha256)")
+            continue
+        try:
+            images.append(decode_image(data))
+        except ImageDecodeError as err:
+            problems.append(f"{s.file} ({err})")
+    if problems:
+        raise DatasetError(f"{len(problems)} file(s) of manifest {manifest} are not usable under {root}: "
+                           + "; ".join(problems[:20]) + ("; ..." if len(problems) > 20 else ""))
+    if not samples:
+        raise DatasetError(f"manifest {manifest} has no samples in {', '.join(splits)}")
+    return Dataset(samples=samples, images=np.stack(images))
+
+
 def _read_all(root: Path) -> tuple[list[tuple[str, int]], list[bytes], np.ndarray]:
     folders = find_class_folders(root)
     files: list[tuple[str, int]] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -11,11 +12,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from app.labels import CLASS_IDS
-from training.augment import training_dataset
-from training.data import Dataset, load_dataset, split_seed, write_manifest
+from training.augment import TrainingFeed, augmenter
+from training.data import Dataset, load_dataset, load_manifest_dataset, split_seed, write_manifest
 from training.architectures import build_architecture
 from training.model import DSCNetConfig, build_dscnet
 
@@ -40,14 +40,18 @@ class TrainConfig:
     arch: str = "dscnet"  # a name from training.architectures.ARCHITECTURES
     # share of training images given another training image's colour statistics (training.augment)
     stain_transfer: float = 0.0
+    manifest: Path | None = None  # train on this manifest's split instead of drawing one
+    workers: int = 1  # data-loader threads (JPEG re-compression)
+    time_limit: float | None = None  # seconds; training stops after the epoch that passes it
     model: DSCNetConfig = field(default_factory=DSCNetConfig)  # used when arch is "dscnet"
 
 
 class RestoreBestWeights(keras.callbacks.Callback):
-    """Keep the weights of the epoch with the lowest validation loss and restore them at the end."""
+    """Keep `target`'s weights of the epoch with the lowest validation loss; restore them at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: keras.Model) -> None:
         super().__init__()
+        self.target = target
         self.best_loss = math.inf
         self.best_epoch = -1
         self._best_weights: list[np.ndarray] | None = None
@@ -56,11 +60,27 @@ class RestoreBestWeights(keras.callbacks.Callback):
         loss = float((logs or {}).get("val_loss", math.inf))
         if loss < self.best_loss:
             self.best_loss, self.best_epoch = loss, epoch
-            self._best_weights = self.model.get_weights()
+            self._best_weights = self.target.get_weights()
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self._best_weights is not None:
-            self.model.set_weights(self._best_weights)
+            self.target.set_weights(self._best_weights)
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stop training after the first epoch that ends past `seconds` (the best epoch is still restored)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.started = time.monotonic()
+        self.stopped_early = False
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if time.monotonic() - self.started > self.seconds:
+            self.stopped_early = True
+            self.model.stop_training = True
+            log.warning("time limit of %.0f s reached after epoch %d: training stops", self.seconds, epoch + 1)
 
 
 def smoothed_targets(labels: np.ndarray, smoothing: float, classes: int = len(CLASS_IDS)) -> np.ndarray:
@@ -87,10 +107,17 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
     out = config.out_dir
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    if dataset is None:
-        dataset = load_dataset(config.data_dir, split=config.split, block_size=config.block_size,
-                               seed=split_seed(asdict(config)))
-    manifest_sha256 = write_manifest(dataset.samples, out / "split.csv")
+    if dataset is None and config.manifest is not None:
+        # the split drawn elsewhere, e.g. on a machine that holds only the training images
+        dataset = load_manifest_dataset(config.data_dir, config.manifest, splits=("train", "val"))
+        text = config.manifest.read_bytes()
+        (out / "split.csv").write_bytes(text)
+        manifest_sha256 = hashlib.sha256(text).hexdigest()
+    else:
+        if dataset is None:
+            dataset = load_dataset(config.data_dir, split=config.split, block_size=config.block_size,
+                                   seed=split_seed(asdict(config)))
+        manifest_sha256 = write_manifest(dataset.samples, out / "split.csv")
     x_train, y_train, _ = dataset.subset("train")
     x_val, y_val, _ = dataset.subset("val")
     if config.limit_per_class:
@@ -98,19 +125,22 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
         x_val, y_val = _limit(x_val, y_val, config.limit_per_class)
     log.info("train %d images, validation %d images (%s split)", len(y_train), len(y_val), config.split)
 
-    steps = max(len(y_train) // config.batch_size, 1)
-    train_data = training_dataset(x_train, smoothed_targets(y_train, config.label_smoothing),
-                                  balancing_weights(y_train), config.batch_size, config.seed,
-                                  stain_transfer=config.stain_transfer)
-    val_data = tf.data.Dataset.from_tensor_slices(
-        (x_val.astype(np.float32), smoothed_targets(y_val, config.label_smoothing),
-         balancing_weights(y_val))).batch(50)
+    feed = TrainingFeed(x_train, smoothed_targets(y_train, config.label_smoothing), balancing_weights(y_train),
+                        config.batch_size, config.seed, workers=config.workers)
+    steps = len(feed)
+    val_data = (x_val.astype(np.float32), smoothed_targets(y_val, config.label_smoothing), balancing_weights(y_val))
     model = build_dscnet(config.model) if config.arch == "dscnet" else build_architecture(config.arch)
-    compile_model(model, config.learning_rate, steps * config.epochs)
-    best = RestoreBestWeights()
-    history = model.fit(train_data, steps_per_epoch=steps, epochs=config.epochs, validation_data=val_data,
-                        callbacks=[best, keras.callbacks.CSVLogger(str(out / "history.csv"))], shuffle=False,
-                        verbose=2)
+    # The augmentation runs inside the compiled training step, in front of the model; only the
+    # model is saved. In validation (training=False) it is the identity.
+    pixels = keras.Input(shape=model.input_shape[1:], dtype="float32", name="image")
+    trainer = keras.Model(pixels, model(augmenter(x_train, config.stain_transfer, config.seed)(pixels)))
+    compile_model(trainer, config.learning_rate, steps * config.epochs)
+    best = RestoreBestWeights(model)
+    callbacks = [best, keras.callbacks.CSVLogger(str(out / "history.csv"))]
+    if config.time_limit:
+        callbacks.append(TimeLimit(config.time_limit - (time.monotonic() - started)))
+    history = trainer.fit(feed, epochs=config.epochs, validation_data=val_data, validation_batch_size=50,
+                          callbacks=callbacks, verbose=2)
     model.save(out / "model.keras")
     seconds = time.monotonic() - started
     summary = {
@@ -124,7 +154,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
         "epochs_run": len(history.history["loss"]),
         "seconds": round(seconds, 1),
         "manifest_sha256": manifest_sha256,
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__},
+        "versions": {"keras": keras.__version__, "backend": keras.backend.backend(),
+                     keras.backend.backend(): _backend_version(), "numpy": np.__version__},
     }
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     log.info("trained in %.0f s; best epoch %d (val loss %.4f)", seconds, summary["best_epoch"], best.best_loss)
@@ -134,6 +165,13 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
 def _limit(images: np.ndarray, labels: np.ndarray, per_class: int) -> tuple[np.ndarray, np.ndarray]:
     index = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(CLASS_IDS))])
     return images[index], labels[index]
+
+
+def _backend_version() -> str:
+    import importlib
+
+    name = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(keras.backend.backend())
+    return getattr(importlib.import_module(name), "__version__", "?") if name else "?"
 
 
 def _jsonable(value):
