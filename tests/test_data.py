@@ -107,3 +107,51 @@ def test_undecodable_files_are_listed_by_name(tmp_path):
     message = str(caught.value)
     assert "2 file(s)" in message
     assert "Pre/notes.txt" in message and "Benign/WBC-Benign-002.png" in message
+
+
+def test_a_manifest_split_loads_from_a_folder_with_only_its_files(tmp_path):
+    from training.data import load_manifest_dataset, read_manifest
+
+    data = make_dataset(tmp_path / "data", per_class=8)
+    dataset = load_dataset(data, block_size=3, seed=0)
+    manifest = tmp_path / "split.csv"
+    write_manifest(dataset.samples, manifest)
+    assert read_manifest(manifest) == sorted(dataset.samples, key=lambda s: s.file)
+    # a copy holding only the training and validation images is enough to train on the split
+    copy = tmp_path / "copy"
+    for s in dataset.samples:
+        if s.split in ("train", "val"):
+            (copy / s.file).parent.mkdir(parents=True, exist_ok=True)
+            (copy / s.file).write_bytes((data / s.file).read_bytes())
+    loaded = load_manifest_dataset(copy, manifest, splits=("train", "val"))
+    assert [s.split for s in loaded.samples] and {s.split for s in loaded.samples} == {"train", "val"}
+    for split in ("train", "val"):
+        images, labels, _ = loaded.subset(split)
+        want_images, want_labels, _ = dataset.subset(split)
+        order = np.argsort([s.file for s in dataset.subset(split)[2]])
+        assert np.array_equal(labels, want_labels[order]) and np.array_equal(images, want_images[order])
+
+
+def test_a_manifest_file_missing_or_changed_is_named(tmp_path):
+    from training.data import load_manifest_dataset
+
+    data = make_dataset(tmp_path / "data", per_class=6)
+    dataset = load_dataset(data, block_size=3, seed=0)
+    manifest = tmp_path / "split.csv"
+    write_manifest(dataset.samples, manifest)
+    train = [s for s in dataset.samples if s.split == "train"]
+    (data / train[0].file).unlink()
+    (data / train[1].file).write_bytes(png_bytes(np.zeros((224, 224, 3), np.uint8)))
+    with pytest.raises(DatasetError) as err:
+        load_manifest_dataset(data, manifest, splits=("train",))
+    assert f"{train[0].file} (missing)" in str(err.value)
+    assert f"{train[1].file} (content differs from the manifest's sha256)" in str(err.value)
+
+
+def test_a_file_that_is_not_a_manifest_is_refused(tmp_path):
+    from training.data import read_manifest
+
+    bad = tmp_path / "split.csv"
+    bad.write_text("name,label\na.png,benign\n")
+    with pytest.raises(DatasetError, match="is not a split manifest"):
+        read_manifest(bad)

@@ -43,6 +43,8 @@ _LMS_INV = np.linalg.inv(LMS_FROM_RGB).astype(np.float32)
 _LAB_INV = np.linalg.inv(LAB_FROM_LOGLMS).astype(np.float32)
 JPEG_SHARE = 0.3  # share of training images re-compressed, at a quality drawn from JPEG_QUALITY
 JPEG_QUALITY = (30, 95)
+BLUR_SHARE = 0.25  # share of images blurred, with one Gaussian sigma per batch from 0.5 to BLUR_SIGMA_MAX
+BLUR_SIGMA_MAX = 1.5
 
 
 def recompress_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
@@ -103,8 +105,11 @@ class SmearAugment(keras.layers.Layer):
     """
 
     def __init__(self, stain_transfer: float = 0.0, colour_means: np.ndarray | None = None,
-                 colour_stds: np.ndarray | None = None, seed: int | None = None, **kwargs) -> None:
+                 colour_stds: np.ndarray | None = None, seed: int | None = None,
+                 blur_share: float = BLUR_SHARE, blur_sigma_max: float = BLUR_SIGMA_MAX, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.blur_share = float(blur_share)
+        self.blur_sigma_max = float(blur_sigma_max)
         if stain_transfer > 0 and (colour_means is None or colour_stds is None):
             raise ValueError("stain transfer needs the training images' colour statistics")
         self.stain_transfer = float(stain_transfer)
@@ -168,20 +173,22 @@ class SmearAugment(keras.layers.Layer):
         return grey + (x - grey) * saturation
 
     def blur_and_noise(self, x):
-        sigma = keras.random.uniform((), 0.5, 1.5, seed=self.generator)
-        taps = ops.arange(-3, 4, dtype="float32")
+        sigma = keras.random.uniform((), 0.5, self.blur_sigma_max, seed=self.generator)
+        reach = int(np.ceil(3 * self.blur_sigma_max))  # kernel half-width: 3 sigma
+        taps = ops.arange(-reach, reach + 1, dtype="float32")
         kernel = ops.exp(-0.5 * ops.square(taps / sigma))
         kernel = kernel / ops.sum(kernel)
-        rows = ops.tile(ops.reshape(kernel, (7, 1, 1, 1)), (1, 1, 3, 1))
-        cols = ops.tile(ops.reshape(kernel, (1, 7, 1, 1)), (1, 1, 3, 1))
+        rows = ops.tile(ops.reshape(kernel, (2 * reach + 1, 1, 1, 1)), (1, 1, 3, 1))
+        cols = ops.tile(ops.reshape(kernel, (1, 2 * reach + 1, 1, 1)), (1, 1, 3, 1))
         blurred = ops.depthwise_conv(ops.depthwise_conv(x, rows, padding="same"), cols, padding="same")
-        x = ops.where(self._chance(x, 0.25), blurred, x)
+        x = ops.where(self._chance(x, self.blur_share), blurred, x)
         noise = keras.random.normal(ops.shape(x), seed=self.generator) * self._uniform(x, 0.0, 4.0)
         return x + noise
 
     def get_config(self) -> dict:
         # the colour statistics are training data, not configuration: not saved
-        return {**super().get_config(), "stain_transfer": 0.0, "seed": self.seed}
+        return {**super().get_config(), "stain_transfer": 0.0, "seed": self.seed, "blur_share": self.blur_share,
+                "blur_sigma_max": self.blur_sigma_max}
 
 
 def stain_transfer(x, means, stds, probability: float, seed=None):
@@ -208,9 +215,10 @@ def stain_transfer(x, means, stds, probability: float, seed=None):
     return ops.where(chosen, moved, x)
 
 
-def augmenter(images: np.ndarray, stain_transfer_share: float, seed: int) -> SmearAugment:
-    """The SmearAugment layer for these (uint8, corner not yet filled) training images."""
+def augmenter(images: np.ndarray, stain_transfer_share: float, seed: int, **focus) -> SmearAugment:
+    """The SmearAugment layer for these (uint8, corner not yet filled) training images;
+    `focus`: blur_share, blur_sigma_max."""
     if stain_transfer_share <= 0:
-        return SmearAugment(seed=seed, name="augment")
+        return SmearAugment(seed=seed, name="augment", **focus)
     means, stds = image_colour_statistics(fill_corner(images))
-    return SmearAugment(stain_transfer_share, means, stds, seed=seed, name="augment")
+    return SmearAugment(stain_transfer_share, means, stds, seed=seed, name="augment", **focus)

@@ -12,7 +12,7 @@ from app.labels import CLASS_IDS, CLASS_NAMES
 from training.data import split_seed
 
 MODEL_NAME = "dscnet"
-MODEL_VERSION = "1.0.0"
+MODEL_VERSION = "2.0.0"
 
 INTENDED_USE = (
     "Research and laboratory decision support: a second reader that ranks peripheral blood smear "
@@ -102,6 +102,8 @@ def build_card(onnx_path: Path, training: dict, export: dict, versions: dict) ->
             "loss": f"KL divergence to one-hot targets smoothed by {training['config']['label_smoothing']}",
             "optimizer": f"Adam, cosine-decayed learning rate from {training['config']['learning_rate']}",
             "seconds": training["seconds"],
+            "hardware": training.get("hardware", "CPU (2 cores)"),  # runs from before it was recorded: this CPU
+            **({"members": training["members"]} if "members" in training else {}),
         },
         "intended_use": INTENDED_USE,
         "limitations": LIMITATIONS,
@@ -147,6 +149,19 @@ def calibration_for_card(calibration: dict) -> dict:
     }
 
 
+def _training_line(training: dict) -> str:
+    members = training.get("members")
+    where = training.get("hardware", "CPU (2 cores)")
+    if not members:
+        return (f"trained {training['epochs']} epochs (best {training['best_epoch']}) in "
+                f"{training['seconds'] / 60:.1f} min on {where}.")
+    seeds = ", ".join(str(m["seed"]) for m in members)
+    best = ", ".join(str(m["best_epoch"]) for m in members)
+    return (f"the mean probability of {len(members)} DSCNets trained alike with seeds {seeds}, "
+            f"{training['epochs']} epochs each (best {best}), {training['seconds'] / 60:.1f} min of training "
+            f"in all on {where}.")
+
+
 def render_readme(card: dict) -> str:
     """models/README.md: the card for people."""
     metrics = card.get("metrics", {})
@@ -162,8 +177,7 @@ def render_readme(card: dict) -> str:
         f"- Preprocessing version {card['preprocessing']['version']} (`{card['preprocessing']['function']}`): "
         f"{card['preprocessing']['description']}",
         f"- Image filter: {card['image_filter']}",
-        f"- {card['architecture']['parameters']:,} parameters; trained {card['training']['epochs']} epochs "
-        f"(best {card['training']['best_epoch']}) in {card['training']['seconds'] / 60:.1f} min on a 2-core CPU.",
+        f"- {card['architecture']['parameters']:,} parameters; {_training_line(card['training'])}",
         f"- Data: {card['training']['data']['name']}. {card['training']['data']['citation']}.",
         f"- Split: {card['training']['split']} (blocks of {card['training']['block_size']} consecutive file "
         f"numbers, near-duplicates merged), manifest `{card['training']['manifest']}` "

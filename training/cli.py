@@ -64,7 +64,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = TrainConfig(data_dir=args.data_dir, out_dir=args.out or default_out, split=args.split,
                          epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, split_seed=args.split_seed,
                          arch=args.arch, stain_transfer=args.stain_transfer, manifest=args.manifest,
-                         workers=args.workers, time_limit=args.time_limit)
+                         workers=args.workers, time_limit=args.time_limit, blur_share=args.blur_share,
+                         blur_sigma_max=args.blur_sigma_max)
     try:
         folder = train(config)
     except DatasetError as err:
@@ -99,6 +100,65 @@ def run_export(args: argparse.Namespace) -> int:
     if manifest.resolve() != (args.run_dir / "split.csv").resolve():
         shutil.copyfile(args.run_dir / "split.csv", manifest)
     print(json.dumps({"onnx": str(args.out), "sha256": card["sha256"], "parity": record["max_abs_difference"]}))
+    return 0
+
+
+def run_ensemble(args: argparse.Namespace) -> int:
+    _needs_training_extra("ensemble")
+    _setup_logging()
+    import json
+
+    from training.ensemble import build_ensemble_run, validation_audit
+    from training.evaluate import load_run
+    from training.export import load_keras_model
+
+    runs = [load_run(folder, args.data_dir) for folder in args.runs]
+    try:
+        summary = build_ensemble_run(runs, args.out)
+    except ValueError as err:
+        print(f"dscnet ensemble: {err}", file=sys.stderr)
+        return 2
+    result = {"out": str(args.out), "val_loss": round(summary["best_val_loss"], 4),
+              "val_accuracy": round(summary["val_accuracy"], 4),
+              "members": {m["run"]: round(m["best_val_loss"], 4) for m in summary["members"]}}
+    if args.audit_validation:
+        found = validation_audit(load_keras_model(args.out / "model.keras"), load_run(args.out, args.data_dir))
+        result["validation_audit"] = {"clean_accuracy": round(found["clean_accuracy"], 4),
+                                      "worst_shift": found["worst_shift"], "worst_cost": round(found["worst_cost"], 4),
+                                      "costs": {k: round(v, 4) for k, v in found["costs"].items()}}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def run_folds(args: argparse.Namespace) -> int:
+    from training.crossval import write_folds
+    from training.data import DatasetError
+
+    try:
+        paths = write_folds(args.manifest, args.folds, args.out, seed=args.seed)
+    except (DatasetError, ValueError, OSError) as err:
+        print(f"dscnet folds: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def run_crossval(args: argparse.Namespace) -> int:
+    _needs_keras_backend("crossval")
+    import json
+    import statistics
+
+    from training.crossval import held_out_accuracy
+
+    rows = [held_out_accuracy(run, args.data_dir) for run in args.runs]
+    print("| run | held-out images | blocks | accuracy |\n|---|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['run']} | {row['images']} | {row['blocks']} | {100 * row['accuracy']:.2f}% |")
+    accuracies = [100 * row["accuracy"] for row in rows]
+    spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+    print(f"\nmean {statistics.mean(accuracies):.2f}%, standard deviation {spread:.2f} points over {len(rows)} folds")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
@@ -178,6 +238,10 @@ def add_commands(commands) -> None:
                             "training of the same split)")
     train.add_argument("--stain-transfer", type=_share, default=0.0, metavar="SHARE",
                        help="share of training images (0..1) given another training image's colour statistics")
+    train.add_argument("--blur-share", type=_share, default=0.25, metavar="SHARE",
+                       help="share of training images blurred (Gaussian; default 0.25)")
+    train.add_argument("--blur-sigma-max", type=float, default=1.5, metavar="SIGMA",
+                       help="largest blur sigma in pixels (drawn from 0.5 to this; default 1.5)")
     train.add_argument("--manifest", type=Path, default=None,
                        help="train on this split manifest (e.g. models/split.csv) instead of drawing a split; "
                             "only its training and validation images need to be in --data-dir")
@@ -204,6 +268,27 @@ def add_commands(commands) -> None:
                           help="a markdown file appended to the report (e.g. how the model was chosen)")
     evaluate.add_argument("--data-dir", type=Path, default=default_data_dir())
     evaluate.set_defaults(run=run_evaluate)
+
+    ensemble = commands.add_parser("ensemble", help="average several trained runs of one split into one model")
+    ensemble.add_argument("runs", type=Path, nargs="+", help="run folders trained on the same split")
+    ensemble.add_argument("--out", type=Path, required=True, help="the ensemble's run folder")
+    ensemble.add_argument("--data-dir", type=Path, default=default_data_dir())
+    ensemble.add_argument("--audit-validation", action="store_true",
+                          help="also run the shift audit on the validation split (for choosing a model)")
+    ensemble.set_defaults(run=run_ensemble)
+
+    folds = commands.add_parser("folds", help="write grouped cross-validation manifests over a split's train/val blocks")
+    folds.add_argument("--manifest", type=Path, default=REPO_ROOT / "models" / "split.csv")
+    folds.add_argument("--folds", type=int, default=5)
+    folds.add_argument("--seed", type=int, default=0)
+    folds.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "folds")
+    folds.set_defaults(run=run_folds)
+
+    crossval = commands.add_parser("crossval", help="held-out accuracy of runs trained on fold manifests")
+    crossval.add_argument("runs", type=Path, nargs="+", help="run folders, one per fold (train --manifest fold-k.csv)")
+    crossval.add_argument("--data-dir", type=Path, default=default_data_dir())
+    crossval.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    crossval.set_defaults(run=run_crossval)
 
     compare = commands.add_parser("compare", help="compare trained runs of several architectures")
     compare.add_argument("runs", type=Path, nargs="+", help="run folders (dscnet first), e.g. runs/blocks runs/lenet5")

@@ -7,7 +7,8 @@
 # `python -m training.cli train` with the manifest's split; export and evaluation happen
 # back on the CPU machine with TensorFlow, where the .keras files load unchanged.
 #
-# Usage: training/device_train.sh DATA_DIR MANIFEST SECONDS_PER_RUN OUT_DIR NAME:SEED:STAIN_SHARE...
+# Usage: training/device_train.sh DATA_DIR MANIFEST SECONDS_PER_RUN OUT_DIR NAME:SEED:STAIN_SHARE[:MANIFEST]...
+# TRAIN_OPTIONS (environment) adds options to every run, e.g. "--blur-share 0.4".
 #   e.g. training/device_train.sh .devdata/all-taleqani models/split.csv 420 "$OUT" s0:0:0 t0:0:0.5
 set -u
 data=$1 manifest=$2 limit=$3 out=$4
@@ -20,10 +21,10 @@ python3 -c "import jax, keras; print('jax', jax.__version__, 'keras', keras.__ve
 mkdir -p runs-device
 started=$(date +%s)
 for spec in "$@"; do
-    IFS=: read -r name seed share <<<"$spec"
+    IFS=: read -r name seed share run_manifest <<<"$spec"
     # stop after the epoch past the limit; `timeout` only if an epoch hangs
-    timeout $((limit + 120)) python3 -m training.cli train --time-limit "$limit" --manifest "$manifest" --data-dir "$data" --seed "$seed" \
-        --split-seed 0 --stain-transfer "$share" --workers 2 --out "runs-device/$name" \
+    timeout $((limit + 120)) python3 -m training.cli train --time-limit "$limit" --manifest "${run_manifest:-$manifest}" --data-dir "$data" --seed "$seed" \
+        --split-seed 0 --stain-transfer "$share" --workers 2 --out "runs-device/$name" ${TRAIN_OPTIONS:-} \
         >"runs-device/$name.log" 2>&1 &
 done
 wait

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from training.model import SmearFilter, with_class_activation  # noqa: F401  (registers the layer)
+from training.model import SmearFilter, ensemble_members, is_dscnet, with_heatmaps  # noqa: F401  (registers the layer)
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ def export_onnx(model: keras.Model, onnx_path: Path, check_images: np.ndarray, o
     size = model.input_shape[1]
     signature = [tf.TensorSpec((None, size, size, 3), tf.float32, name="image")]
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    if any(layer.name == "skip_features" for layer in model.layers):  # DSCNet: add its heatmap output
-        model = with_class_activation(model)
+    if is_dscnet(model) or ensemble_members(model):  # DSCNet or an ensemble of them: add the heatmap output
+        model = with_heatmaps(model)
     tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset, output_path=str(onnx_path))
     parity = verify_parity(model, onnx_path, check_images, tolerance)
     log.info("exported %s (opset %d); max |keras - onnx| %s", onnx_path, opset, parity)

@@ -123,6 +123,15 @@ def target_checks(result: dict) -> list[tuple[str, bool, str]]:
     ]
 
 
+def _best_epochs(training: dict) -> str:
+    members = training.get("members")
+    if not members:
+        return f"best validation epoch {training['best_epoch']} restored"
+    return ("an ensemble of " + str(len(members)) + " such trainings (mean probability), seeds "
+            + ", ".join(f"{m['seed']} (best epoch {m['best_epoch']})" for m in members)
+            + f"; the ensemble's validation loss {training['best_val_loss']:.4f}")
+
+
 def render(results: dict[str, dict], training: dict, figures: list[str], notes: str = "") -> str:
     """Markdown for the shipped (block-grouped) run, with the random-split run beside it."""
     blocks = results["blocks"]
@@ -201,8 +210,10 @@ def render(results: dict[str, dict], training: dict, figures: list[str], notes: 
         "",
         f"- {training['parameters']:,} parameters; {training['train_images']} training and "
         f"{training['val_images']} validation images; batch {training['config']['batch_size']}, "
-        f"{training['epochs_run']} epochs, best validation epoch {training['best_epoch']} restored.",
-        f"- Wall-clock training time on this 2-core CPU: {training['seconds'] / 60:.1f} minutes.",
+        f"{training['epochs_run']} epochs, {_best_epochs(training)}.",
+        f"- Wall-clock training time: {training['seconds'] / 60:.1f} minutes on "
+        f"{training.get('hardware', 'CPU (2 cores)')}"
+        f"{' (all members together)' if 'members' in training else ''}.",
         f"- Split manifest sha256: `{training['manifest_sha256']}`.",
         "",
         "## Figures",

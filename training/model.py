@@ -136,7 +136,7 @@ def _transition(x, config: DSCNetConfig, name: str):
     return layers.AveragePooling2D(2, name=f"{name}_pool")(x)
 
 
-def with_class_activation(model: keras.Model) -> keras.Model:
+def with_class_activation(model: keras.Model, name: str | None = None) -> keras.Model:
     """The same network with a second output, "class_activation": (N, h0, w0, classes) maps.
 
     The classifier sees the spatial mean of every block's features, so its logit for class c
@@ -160,4 +160,43 @@ def with_class_activation(model: keras.Model) -> keras.Model:
             block_map = layers.Resizing(*size, interpolation="bilinear", name=f"{layer.name}_cam_resize")(block_map)
         maps.append(block_map)
     activation = layers.Add(name="class_activation")(maps) if len(maps) > 1 else maps[0]
-    return keras.Model(model.input, [model.output, activation], name=f"{model.name}_with_cam")
+    return keras.Model(model.input, [model.output, activation], name=name or f"{model.name}_with_cam")
+
+
+def is_dscnet(model: keras.Model) -> bool:
+    return any(layer.name == "skip_features" for layer in model.layers)
+
+
+def ensemble_members(model: keras.Model) -> list[keras.Model]:
+    """The DSCNets a `dscnet_ensemble` model averages (empty for any other model)."""
+    return [layer for layer in model.layers if isinstance(layer, keras.Model) and is_dscnet(layer)]
+
+
+def build_ensemble(members: list[keras.Model]) -> keras.Model:
+    """One graph giving the mean probability of several trained DSCNets on the same input.
+
+    Averaging the probabilities of independently trained seeds lowers the variance that a
+    single training run carries (on this dataset, seeds differ by 3 points on one test split).
+    """
+    if len(members) < 2:
+        raise ValueError("an ensemble needs at least two members")
+    shapes = {tuple(m.input_shape[1:]) for m in members}
+    if len(shapes) != 1:
+        raise ValueError(f"the members take different inputs: {sorted(shapes)}")
+    pixels = keras.Input(shape=shapes.pop(), dtype="float32", name="image")
+    outputs = [keras.Model(m.input, m.output, name=f"member{i}")(pixels) for i, m in enumerate(members)]
+    probabilities = layers.Average(name="probabilities")(outputs)
+    return keras.Model(pixels, probabilities, name="dscnet_ensemble")
+
+
+def with_heatmaps(model: keras.Model) -> keras.Model:
+    """A DSCNet or an ensemble of DSCNets with its "class_activation" output added (see below);
+    an ensemble's map is the mean of its members' maps, as its probability is."""
+    members = ensemble_members(model)
+    if not members:
+        return with_class_activation(model)
+    pixels = keras.Input(shape=model.input_shape[1:], dtype="float32", name="image")
+    outputs = [with_class_activation(m, name=f"member{i}_with_cam")(pixels) for i, m in enumerate(members)]
+    probabilities = layers.Average(name="probabilities")([o[0] for o in outputs])
+    activation = layers.Average(name="class_activation")([o[1] for o in outputs])
+    return keras.Model(pixels, [probabilities, activation], name=f"{model.name}_with_cam")

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from app.labels import CLASS_IDS
-from training.augment import TrainingFeed, augmenter
+from training.augment import BLUR_SHARE, BLUR_SIGMA_MAX, TrainingFeed, augmenter
 from training.data import Dataset, load_dataset, load_manifest_dataset, split_seed, write_manifest
 from training.architectures import build_architecture
 from training.model import DSCNetConfig, build_dscnet
@@ -40,6 +40,8 @@ class TrainConfig:
     arch: str = "dscnet"  # a name from training.architectures.ARCHITECTURES
     # share of training images given another training image's colour statistics (training.augment)
     stain_transfer: float = 0.0
+    blur_share: float = BLUR_SHARE  # share of training images blurred (Gaussian, sigma 0.5..blur_sigma_max)
+    blur_sigma_max: float = BLUR_SIGMA_MAX
     manifest: Path | None = None  # train on this manifest's split instead of drawing one
     workers: int = 1  # data-loader threads (JPEG re-compression)
     time_limit: float | None = None  # seconds; training stops after the epoch that passes it
@@ -133,7 +135,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
     # The augmentation runs inside the compiled training step, in front of the model; only the
     # model is saved. In validation (training=False) it is the identity.
     pixels = keras.Input(shape=model.input_shape[1:], dtype="float32", name="image")
-    trainer = keras.Model(pixels, model(augmenter(x_train, config.stain_transfer, config.seed)(pixels)))
+    trainer = keras.Model(pixels, model(augmenter(x_train, config.stain_transfer, config.seed, blur_share=config.blur_share,
+                                                          blur_sigma_max=config.blur_sigma_max)(pixels)))
     compile_model(trainer, config.learning_rate, steps * config.epochs)
     best = RestoreBestWeights(model)
     callbacks = [best, keras.callbacks.CSVLogger(str(out / "history.csv"))]
@@ -154,6 +157,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
         "epochs_run": len(history.history["loss"]),
         "seconds": round(seconds, 1),
         "manifest_sha256": manifest_sha256,
+        "hardware": _hardware(),
         "versions": {"keras": keras.__version__, "backend": keras.backend.backend(),
                      keras.backend.backend(): _backend_version(), "numpy": np.__version__},
     }
@@ -165,6 +169,27 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
 def _limit(images: np.ndarray, labels: np.ndarray, per_class: int) -> tuple[np.ndarray, np.ndarray]:
     index = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(CLASS_IDS))])
     return images[index], labels[index]
+
+
+def _hardware() -> str:
+    """What the training ran on, e.g. "NVIDIA H100 80GB HBM3" or "CPU (2 cores)"."""
+    import os
+
+    cpu = f"CPU ({len(os.sched_getaffinity(0))} cores)"
+    try:
+        if keras.backend.backend() == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            return cpu if device.platform == "cpu" else device.device_kind
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            return ", ".join(g.name for g in gpus) if gpus else cpu
+    except Exception:  # noqa: BLE001 - a description only; never fail a finished training over it
+        pass
+    return cpu
 
 
 def _backend_version() -> str:

@@ -1,0 +1,102 @@
+"""Seed ensembles: one graph averaging trained DSCNets, exported with parity; `dscnet ensemble` on runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow", reason="the [train] extra is not installed")  # CI installs it
+
+import keras  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+from synthetic import make_dataset, smear_like  # noqa: E402
+from test_training_pipeline import run_command  # noqa: E402
+from training.data import load_dataset, write_manifest  # noqa: E402
+from training.ensemble import build_ensemble_run  # noqa: E402
+from training.evaluate import RunData, load_run  # noqa: E402
+from training.export import export_onnx, load_keras_model  # noqa: E402
+from training.model import DSCNetConfig, build_dscnet, build_ensemble, ensemble_members, with_class_activation  # noqa: E402
+from training.train import TrainConfig, train  # noqa: E402
+
+
+def _member(seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return build_dscnet(DSCNetConfig.tiny())
+
+
+def test_ensemble_gives_the_mean_of_its_members_and_its_heatmap_is_their_mean(tmp_path):
+    members = [_member(0), _member(1)]
+    images = smear_like(32).astype("float32")
+    ensemble = build_ensemble(members)
+    assert len(ensemble_members(ensemble)) == 2
+    each = [m.predict(images[:6], verbose=0) for m in members]
+    assert not np.allclose(each[0], each[1])
+    np.testing.assert_allclose(ensemble.predict(images[:6], verbose=0), (each[0] + each[1]) / 2, atol=1e-6)
+
+    ensemble.save(tmp_path / "ensemble.keras")
+    record = export_onnx(load_keras_model(tmp_path / "ensemble.keras"), tmp_path / "ensemble.onnx", images)
+    assert max(v for k, v in record["max_abs_difference"].items() if k.startswith("probabilities")) <= 1e-5
+    session = ort.InferenceSession(str(tmp_path / "ensemble.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "class_activation"]
+    probabilities, activation = session.run(None, {"image": images[:3]})
+    maps = [np.asarray(with_class_activation(m)(images[:3], training=False)[1]) for m in members]
+    np.testing.assert_allclose(activation, (maps[0] + maps[1]) / 2, atol=1e-4)
+    np.testing.assert_allclose(probabilities, (each[0][:3] + each[1][:3]) / 2, atol=1e-5)
+
+
+def test_ensemble_needs_two_members():
+    with pytest.raises(ValueError, match="at least two"):
+        build_ensemble([_member(0)])
+
+
+def test_runs_of_different_splits_are_not_averaged(tmp_path):
+    runs = [RunData(tmp_path / name, {"manifest_sha256": digest}, None) for name, digest in (("a", "1" * 64),
+                                                                                            ("b", "2" * 64))]
+    with pytest.raises(ValueError, match="different splits"):
+        build_ensemble_run(runs, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_manifest_runs_with_a_time_limit_average_export_and_carry_their_members_into_the_card(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=12)
+    dataset = load_dataset(data, block_size=3, seed=0)
+    manifest = tmp_path / "split.csv"
+    digest = write_manifest(dataset.samples, manifest)
+    # a machine that holds only the training and validation images trains on the manifest's split
+    copy = tmp_path / "copy"
+    for s in dataset.samples:
+        if s.split in ("train", "val"):
+            (copy / s.file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(data / s.file, copy / s.file)
+    folders = []
+    for seed in (1, 2):
+        folders.append(train(TrainConfig(data_dir=copy, out_dir=tmp_path / f"run{seed}", epochs=3, block_size=3,
+                                         seed=seed, split_seed=0, manifest=manifest, time_limit=0.001,
+                                         model=DSCNetConfig.tiny())))
+    for folder in folders:
+        summary = json.loads((folder / "training.json").read_text())
+        assert summary["epochs_run"] == 1  # stopped after the first epoch past the limit
+        assert (folder / "split.csv").read_bytes() == manifest.read_bytes()
+        assert summary["manifest_sha256"] == digest == hashlib.sha256(manifest.read_bytes()).hexdigest()
+        assert summary["hardware"]
+        assert load_run(folder, data).summary is not None  # evaluation rebuilds the same split from all images
+    # held-out accuracy of a run on its manifest's test blocks (what `dscnet crossval` tabulates per fold)
+    assert run_command("crossval", str(folders[0]), "--data-dir", str(data), "--json", str(tmp_path / "cv.json")) == 0
+    (row,) = json.loads((tmp_path / "cv.json").read_text())
+    assert row["images"] == sum(1 for s in dataset.samples if s.split == "test") and 0 <= row["accuracy"] <= 1
+
+    out = tmp_path / "ensemble"
+    assert run_command("ensemble", *map(str, folders), "--out", str(out), "--data-dir", str(data)) == 0
+    summary = json.loads((out / "training.json").read_text())
+    assert [m["seed"] for m in summary["members"]] == [1, 2] and summary["config"]["seeds"] == [1, 2]
+    assert summary["manifest_sha256"] == digest and summary["best_val_loss"] > 0
+    onnx_path = tmp_path / "models" / "dscnet.onnx"
+    assert run_command("export", "--run", str(out), "--data-dir", str(data), "--out", str(onnx_path)) == 0
+    card = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert [m["seed"] for m in card["training"]["members"]] == [1, 2]
+    assert card["architecture"]["parameters"] == 2 * build_dscnet(DSCNetConfig.tiny()).count_params()
