@@ -45,6 +45,9 @@ class ModelIdentity:
     sha256: str
 
 
+MAX_RUN_IMAGES = 8  # images per onnxruntime run; larger batches are cut (memory, see OnnxClassifier._run)
+
+
 class OnnxClassifier:
     """Runs the verified ONNX session on uint8 image batches; safe to share between threads."""
 
@@ -62,6 +65,7 @@ class OnnxClassifier:
         # threads, so more runs would only contend. Concurrent requests share runs through
         # app.batching instead.
         self._lock = threading.BoundedSemaphore(runs)
+        self.max_run_images = MAX_RUN_IMAGES
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (N, 4) float64 rows summing to 1.
@@ -71,9 +75,7 @@ class OnnxClassifier:
         """
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
             raise ValueError(f"expected uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3), got {images.dtype} {images.shape}")
-        batch = images.astype(np.float32)  # the model takes raw 0..255 pixels
-        with self._lock:
-            (output,) = self.session.run([self.output_name], {self.input_name: batch})
+        (output,) = self._run([self.output_name], images)
         return _check_probabilities(np.asarray(output, dtype=np.float64), len(images))
 
     def predict_with_activation(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,15 +87,29 @@ class OnnxClassifier:
             raise ModelOutputError(f"the model has no {ACTIVATION_OUTPUT!r} output")
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
             raise ValueError(f"expected uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3), got {images.dtype} {images.shape}")
-        feed = {self.input_name: images.astype(np.float32)}
-        with self._lock:
-            output, activation = self.session.run([self.output_name, ACTIVATION_OUTPUT], feed)
+        output, activation = self._run([self.output_name, ACTIVATION_OUTPUT], images)
         activation = np.asarray(activation, dtype=np.float32)
         if activation.ndim != 4 or activation.shape[0] != len(images) or activation.shape[3] != len(CLASS_IDS):
             raise ModelOutputError(f"the model's {ACTIVATION_OUTPUT!r} has shape {activation.shape}")
         if not np.all(np.isfinite(activation)):
             raise ModelOutputError(f"the model's {ACTIVATION_OUTPUT!r} is not finite")
         return _check_probabilities(np.asarray(output, dtype=np.float64), len(images)), activation
+
+    def _run(self, names: list[str], images: np.ndarray) -> list[np.ndarray]:
+        """The session's `names` outputs for uint8 images, in runs of at most `max_run_images`.
+
+        A run's working memory grows with its batch (2.0.0 at 32 images: about 470 MiB more than
+        at 8), while images/s is flat from batch 4 up (docs/PERFORMANCE.md), so larger batches
+        are cut into runs.
+        """
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, len(images), self.max_run_images):
+            batch = images[start:start + self.max_run_images].astype(np.float32)  # raw 0..255 pixels
+            with self._lock:
+                parts.append(self.session.run(names, {self.input_name: batch}))
+        if len(parts) == 1:
+            return parts[0]
+        return [np.concatenate([part[i] for part in parts]) for i in range(len(names))]
 
     def warm_up(self) -> None:
         """One inference on a grey image: allocates buffers and proves the model runs."""

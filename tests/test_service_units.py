@@ -138,6 +138,33 @@ def test_predict_batch_returns_rows_that_sum_to_one(classifier: OnnxClassifier) 
     assert probabilities[0].argmax() == 0 and probabilities[1].argmax() == 3
 
 
+def test_large_batches_run_in_bounded_pieces_with_the_same_rows(classifier: OnnxClassifier) -> None:
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (11, 224, 224, 3), dtype=np.uint8)
+    whole = classifier.predict_batch(batch)  # default run size
+    sizes: list[int] = []
+    run = classifier.session.run
+
+    class Recording:  # the session's run, recording each batch it is given
+        def run(self, names, feed):
+            sizes.append(len(next(iter(feed.values()))))
+            return run(names, feed)
+
+        def __getattr__(self, name):
+            return getattr(classifier.session, name)
+
+    classifier.session, session = Recording(), classifier.session
+    try:
+        classifier.max_run_images = 4
+        pieces = classifier.predict_batch(batch)
+    finally:
+        classifier.session = session
+    assert sizes == [4, 4, 3]
+    np.testing.assert_allclose(pieces, whole, atol=1e-6)
+    one_by_one = np.concatenate([classifier.predict_batch(batch[i:i + 1]) for i in range(len(batch))])
+    np.testing.assert_allclose(pieces, one_by_one, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "images",
     [np.zeros((1, 224, 224, 3), np.float32), np.zeros((224, 224, 3), np.uint8), np.zeros((1, 128, 128, 3), np.uint8)],
