@@ -1,4 +1,10 @@
-"""The model in models/ loads through the service's checks and classifies real test-split images."""
+"""The model in models/ loads through the service's checks and classifies real test-split images.
+
+A check that the shipped file, its card and the serving decode work together on real smears,
+not a measure of accuracy (models/reports/report.md has that): images evenly spread over the
+test split's sessions, each class read right well above chance, and most images overall. A
+broken pipeline (channels swapped, wrong scaling, a card for another model) reads far worse.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +18,24 @@ from app.imaging import decode_image
 from app.labels import CLASS_IDS
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
-PER_CLASS = 10
+PER_CLASS = 20
+MIN_CLASS_ACCURACY = 0.7  # chance is 0.25; the shipped model's weakest class reads 79% of the test split
+MIN_ACCURACY = 0.85
 
 
 def test_shipped_model_classifies_held_out_real_images(data_dir: Path):
     classifier = load_classifier(MODELS / "dscnet.onnx", MODELS / "dscnet.json", threads=1)
     with (MODELS / "split.csv").open(encoding="utf-8") as handle:
         test_rows = [row for row in csv.DictReader(handle) if row["split"] == "test"]
+    right, findings = 0, []
     for class_id in CLASS_IDS:
-        rows = [row for row in test_rows if row["class"] == class_id][:PER_CLASS]
-        assert len(rows) == PER_CLASS, f"the manifest has too few {class_id} test images"
+        rows = [row for row in test_rows if row["class"] == class_id]
+        assert len(rows) >= PER_CLASS, f"the manifest has too few {class_id} test images"
+        rows = [rows[i] for i in np.linspace(0, len(rows) - 1, PER_CLASS).round().astype(int)]
         images = np.stack([decode_image((data_dir / row["file"]).read_bytes()) for row in rows])
-        probabilities = classifier.predict_batch(images)
-        predicted = [CLASS_IDS[i] for i in probabilities.argmax(axis=1)]
+        predicted = [CLASS_IDS[i] for i in classifier.predict_batch(images).argmax(axis=1)]
         correct = sum(p == class_id for p in predicted)
-        assert correct >= PER_CLASS - 1, f"{class_id}: {correct}/{PER_CLASS} right, predicted {predicted}"
+        right += correct
+        findings.append(f"{class_id}: {correct}/{PER_CLASS} right, read as {sorted(set(predicted))}")
+        assert correct >= MIN_CLASS_ACCURACY * PER_CLASS, "; ".join(findings)
+    assert right >= MIN_ACCURACY * PER_CLASS * len(CLASS_IDS), "; ".join(findings)

@@ -123,6 +123,9 @@ def target_checks(result: dict) -> list[tuple[str, bool, str]]:
     ]
 
 
+ADDED = " (the members' times added)"
+
+
 def _best_epochs(training: dict) -> str:
     members = training.get("members")
     if not members:
@@ -213,7 +216,7 @@ def render(results: dict[str, dict], training: dict, figures: list[str], notes: 
         f"{training['epochs_run']} epochs, {_best_epochs(training)}.",
         f"- Wall-clock training time: {training['seconds'] / 60:.1f} minutes on "
         f"{training.get('hardware', 'CPU (2 cores)')}"
-        f"{' (all members together)' if 'members' in training else ''}.",
+        f"{ADDED if 'members' in training else ''}.",
         f"- Split manifest sha256: `{training['manifest_sha256']}`.",
         "",
         "## Figures",
