@@ -53,8 +53,8 @@ def _setup_logging() -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    # Training needs Keras and one of its backends (TensorFlow here; JAX or PyTorch on an
-    # accelerator machine, with KERAS_BACKEND set); export and evaluate need TensorFlow.
+    # Training needs Keras and one of its backends (TensorFlow here; JAX on an accelerator
+    # machine, with KERAS_BACKEND set); export and evaluate need TensorFlow.
     _needs_keras_backend("train")
     _setup_logging()
     from training.data import DatasetError
