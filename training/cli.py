@@ -109,12 +109,11 @@ def run_ensemble(args: argparse.Namespace) -> int:
     import json
 
     from training.ensemble import build_ensemble_run, validation_audit
-    from training.evaluate import load_run
-    from training.export import load_keras_model
+    from training.evaluate import load_runs
 
-    runs = [load_run(folder, args.data_dir) for folder in args.runs]
+    runs = load_runs(args.runs, args.data_dir)
     try:
-        summary = build_ensemble_run(runs, args.out)
+        summary, model = build_ensemble_run(runs, args.out)
     except ValueError as err:
         print(f"dscnet ensemble: {err}", file=sys.stderr)
         return 2
@@ -122,7 +121,7 @@ def run_ensemble(args: argparse.Namespace) -> int:
               "val_accuracy": round(summary["val_accuracy"], 4),
               "members": {m["run"]: round(m["best_val_loss"], 4) for m in summary["members"]}}
     if args.audit_validation:
-        found = validation_audit(load_keras_model(args.out / "model.keras"), load_run(args.out, args.data_dir))
+        found = validation_audit(model, runs[0])  # the ensemble's split is its members' split
         result["validation_audit"] = {"clean_accuracy": round(found["clean_accuracy"], 4),
                                       "worst_shift": found["worst_shift"], "worst_cost": round(found["worst_cost"], 4),
                                       "costs": {k: round(v, 4) for k, v in found["costs"].items()}}

@@ -60,15 +60,12 @@ def held_out_accuracy(run: Path, data_dir: Path) -> dict:
     """Accuracy of a fold's trained model (run/model.keras) on the fold's test blocks (run/split.csv)."""
     import keras
 
-    import training.model  # noqa: F401  (registers the custom layers)
+    from training.model import predict_probabilities  # also registers the custom layers
 
     dataset = load_manifest_dataset(data_dir, run / "split.csv", splits=("test",))
     model = keras.models.load_model(run / "model.keras", compile=False)
     labels = np.array([s.label for s in dataset.samples])
-    probabilities = np.concatenate([keras.ops.convert_to_numpy(model(dataset.images[i:i + 50].astype(np.float32),
-                                                                     training=False))
-                                    for i in range(0, len(labels), 50)])
-    right = probabilities.argmax(axis=1) == labels
+    right = predict_probabilities(model, dataset.images).argmax(axis=1) == labels
     groups = sorted({s.group for s in dataset.samples})
     return {"run": run.name, "images": int(len(labels)), "blocks": len(groups),
             "accuracy": float(right.mean()),

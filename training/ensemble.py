@@ -16,27 +16,22 @@ import numpy as np
 
 from training.evaluate import RunData, audit, audit_shifts
 from training.export import load_keras_model
-from training.model import build_ensemble
+from training.model import build_ensemble, predict_probabilities
 from training.train import balancing_weights, smoothed_targets
 
 
 def validation_figures(model: keras.Model, run: RunData, label_smoothing: float) -> dict:
     """Class-balanced KL divergence to smoothed targets (the training loss) and accuracy on validation."""
     x_val, y_val, _ = run.dataset.subset("val")
-    probabilities = np.concatenate([keras.ops.convert_to_numpy(model(x_val[i:i + 50].astype(np.float32),
-                                                                     training=False))
-                                    for i in range(0, len(y_val), 50)])
-    targets = smoothed_targets(y_val, label_smoothing)
-    weights = balancing_weights(y_val)
-    eps = 1e-7  # as keras.losses.KLDivergence clips
-    kl = np.sum(targets * np.log(np.clip(targets, eps, 1) / np.clip(probabilities, eps, 1)), axis=1)
-    return {"val_loss": float(np.sum(kl * weights) / len(kl)),
-            "val_accuracy": float(np.mean(probabilities.argmax(axis=1) == y_val)),
-            "_probabilities": probabilities}
+    probabilities = predict_probabilities(model, x_val)
+    loss = keras.losses.KLDivergence()(smoothed_targets(y_val, label_smoothing), probabilities,
+                                       sample_weight=balancing_weights(y_val))
+    return {"val_loss": float(keras.ops.convert_to_numpy(loss)),
+            "val_accuracy": float(np.mean(probabilities.argmax(axis=1) == y_val))}
 
 
-def build_ensemble_run(runs: list[RunData], out: Path) -> dict:
-    """Average the runs' models into `out` (a run folder); return its training summary."""
+def build_ensemble_run(runs: list[RunData], out: Path) -> tuple[dict, keras.Model]:
+    """Average the runs' models into `out` (a run folder); return its training summary and the model."""
     hashes = {run.summary["manifest_sha256"] for run in runs}
     if len(hashes) != 1:
         raise ValueError("the runs were trained on different splits; an ensemble needs one split")
@@ -62,7 +57,7 @@ def build_ensemble_run(runs: list[RunData], out: Path) -> dict:
                      "seconds": run.summary["seconds"], "versions": run.summary["versions"]} for run in runs],
     }
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return summary
+    return summary, model
 
 
 def validation_audit(model: keras.Model, run: RunData) -> dict:
@@ -73,12 +68,8 @@ def validation_audit(model: keras.Model, run: RunData) -> dict:
     x_train, y_train, _ = run.dataset.subset("train")
     x_val, y_val, _ = run.dataset.subset("val")
 
-    def predict(images: np.ndarray) -> np.ndarray:
-        return np.concatenate([keras.ops.convert_to_numpy(model(images[i:i + 50].astype(np.float32),
-                                                                training=False))
-                               for i in range(0, len(images), 50)])
-
-    rows = audit({"model": predict}, x_val, y_val, audit_shifts(x_train, y_train))
+    rows = audit({"model": lambda images: predict_probabilities(model, images)}, x_val, y_val,
+                 audit_shifts(x_train, y_train))
     clean = rows[0]["model"]["accuracy"]
     costs = {row["shift"]: clean - row["model"]["accuracy"] for row in rows[1:]}
     counted = {name: cost for name, cost in costs.items() if "grayscale" not in name}

@@ -56,6 +56,19 @@ def load_run(folder: Path, root: Path) -> RunData:
     return RunData(folder, summary, dataset)
 
 
+def load_runs(folders: list[Path], root: Path) -> list[RunData]:
+    """`load_run` for each folder, rebuilding (and decoding) the dataset once per distinct split."""
+    rebuilt: dict[str, Dataset] = {}
+    runs = []
+    for folder in folders:
+        summary = json.loads((folder / "training.json").read_text(encoding="utf-8"))
+        dataset = rebuilt.get(summary["manifest_sha256"])
+        run = RunData(folder, summary, dataset) if dataset is not None else load_run(folder, root)
+        rebuilt[summary["manifest_sha256"]] = run.dataset
+        runs.append(run)
+    return runs
+
+
 def onnx_predictor(onnx_path: Path, batch_size: int = 32) -> Predict:
     """Probabilities from the ONNX model for uint8 NHWC images, in batches."""
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

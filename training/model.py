@@ -163,6 +163,13 @@ def with_class_activation(model: keras.Model, name: str | None = None) -> keras.
     return keras.Model(model.input, [model.output, activation], name=name or f"{model.name}_with_cam")
 
 
+def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 50) -> np.ndarray:
+    """The model's outputs for uint8 or float NHWC images, in inference mode, `batch_size` at a time."""
+    return np.concatenate([keras.ops.convert_to_numpy(model(images[i:i + batch_size].astype(np.float32),
+                                                            training=False))
+                           for i in range(0, len(images), batch_size)])
+
+
 def is_dscnet(model: keras.Model) -> bool:
     return any(layer.name == "skip_features" for layer in model.layers)
 

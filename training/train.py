@@ -76,11 +76,9 @@ class TimeLimit(keras.callbacks.Callback):
         super().__init__()
         self.seconds = seconds
         self.started = time.monotonic()
-        self.stopped_early = False
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if time.monotonic() - self.started > self.seconds:
-            self.stopped_early = True
             self.model.stop_training = True
             log.warning("time limit of %.0f s reached after epoch %d: training stops", self.seconds, epoch + 1)
 
@@ -135,8 +133,9 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
     # The augmentation runs inside the compiled training step, in front of the model; only the
     # model is saved. In validation (training=False) it is the identity.
     pixels = keras.Input(shape=model.input_shape[1:], dtype="float32", name="image")
-    trainer = keras.Model(pixels, model(augmenter(x_train, config.stain_transfer, config.seed, blur_share=config.blur_share,
-                                                          blur_sigma_max=config.blur_sigma_max)(pixels)))
+    augment = augmenter(x_train, config.stain_transfer, config.seed, blur_share=config.blur_share,
+                        blur_sigma_max=config.blur_sigma_max)
+    trainer = keras.Model(pixels, model(augment(pixels)))
     compile_model(trainer, config.learning_rate, steps * config.epochs)
     best = RestoreBestWeights(model)
     callbacks = [best, keras.callbacks.CSVLogger(str(out / "history.csv"))]
@@ -195,8 +194,7 @@ def _hardware() -> str:
 def _backend_version() -> str:
     import importlib
 
-    name = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(keras.backend.backend())
-    return getattr(importlib.import_module(name), "__version__", "?") if name else "?"
+    return getattr(importlib.import_module(keras.backend.backend()), "__version__", "?")  # the backend's module
 
 
 def _jsonable(value):
