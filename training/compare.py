@@ -20,7 +20,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import shape_inference  # noqa: E402
 
-from training.evaluate import load_run, onnx_predictor  # noqa: E402
+from training.evaluate import RunData, load_runs, onnx_predictor  # noqa: E402
 from training.export import export_onnx, load_keras_model  # noqa: E402
 from training.metrics import classification_report  # noqa: E402
 from training.report import PAPER_CLAIMS, _pct  # noqa: E402
@@ -75,8 +75,8 @@ def latency_ms(path: Path, threads: int = 2) -> float:
     return float(np.median(times))
 
 
-def compare_run(folder: Path, data_dir: Path) -> dict:
-    run = load_run(folder, data_dir)
+def compare_run(run: RunData) -> dict:
+    folder = run.folder
     onnx_path = folder / "model.onnx"
     if not onnx_path.exists():
         export_onnx(load_keras_model(folder / "model.keras"), onnx_path, run.dataset.images[:64],
@@ -165,7 +165,7 @@ def plot(rows: list[dict], out: Path) -> None:
 
 def compare(runs: list[Path], data_dir: Path, out_dir: Path, notes: str = "") -> list[dict]:
     """Evaluate every run; write comparison.md, comparison.json and comparison.png."""
-    rows = [compare_run(folder, data_dir) for folder in runs]
+    rows = [compare_run(run) for run in load_runs(runs, data_dir)]  # one dataset rebuild per split
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     (out_dir / "comparison.md").write_text(render(rows, notes), encoding="utf-8")
