@@ -279,7 +279,7 @@ def start_batcher(settings: Settings, classifier: OnnxClassifier, metrics: Metri
         max_batch_size=settings.batch_max_size,
         max_wait_s=settings.batch_max_wait_ms / 1000,
         max_queued_images=settings.batch_queue_images,
-        workers=settings.model_runs,
+        workers=settings.runs,
         on_run=lambda size, _seconds: metrics.batch_size.observe(size),
     )
     metrics.queued_images.set_function(lambda: batcher.queued_images)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,13 +50,62 @@ class ModelIdentity:
 MAX_RUN_IMAGES = 8  # images per onnxruntime run; larger batches are cut (memory, see OnnxClassifier._run)
 
 
+class RunLanes:
+    """How model runs share the CPUs: `runs` lanes at once, and a lone run takes them all.
+
+    A run that finds no other run in flight or waiting is "wide": it holds every lane and uses
+    the session with all the usable CPUs' threads (lowest latency for one request). A run that
+    has company, or had to wait, takes one lane of the narrow session (its share of the CPUs),
+    so concurrent requests run side by side: on two cores, two single-thread runs give more
+    images/s than one two-thread run at a time (docs/PERFORMANCE.md, run F).
+    """
+
+    def __init__(self, runs: int, wide: bool) -> None:
+        self.runs = runs
+        self.wide = wide and runs > 1
+        self._busy = 0  # lanes held
+        self._waiting = 0
+        self._ready = threading.Condition()
+
+    @contextmanager
+    def take(self) -> Iterator[bool]:
+        """Hold a lane (or all of them) for one run; yields True when the run is wide."""
+        with self._ready:
+            wide = self.wide and self._busy == 0 and self._waiting == 0
+            if wide:
+                self._busy = self.runs
+            else:
+                self._waiting += 1
+                try:
+                    self._ready.wait_for(lambda: self._busy < self.runs)
+                finally:
+                    self._waiting -= 1
+                self._busy += 1
+        try:
+            yield wide
+        finally:
+            with self._ready:
+                self._busy -= self.runs if wide else 1
+                self._ready.notify_all()
+
+
 class OnnxClassifier:
-    """Runs the verified ONNX session on uint8 image batches; safe to share between threads."""
+    """Runs the verified ONNX session on uint8 image batches; safe to share between threads.
+
+    `session` serves concurrent runs, one lane each; `wide_session`, when given, serves a run
+    that is alone (RunLanes). Both are built from the same verified bytes.
+    """
 
     def __init__(
-        self, session: ort.InferenceSession, card: ModelCard, raw_card: dict[str, Any], runs: int = 1
+        self,
+        session: ort.InferenceSession,
+        card: ModelCard,
+        raw_card: dict[str, Any],
+        runs: int = 1,
+        wide_session: ort.InferenceSession | None = None,
     ) -> None:
         self.session = session
+        self.wide_session = wide_session
         self.card = card
         self.raw_card = raw_card
         self.identity = ModelIdentity(card.name, card.version, card.sha256)
@@ -62,9 +113,8 @@ class OnnxClassifier:
         self.output_name = card.output.name
         self.has_activation = _has_activation_output(session)
         # `runs` at a time (one per share of the CPUs): each run already spreads over its
-        # threads, so more runs would only contend. Concurrent requests share runs through
-        # app.batching instead.
-        self._lock = threading.BoundedSemaphore(runs)
+        # threads, so more runs would only contend.
+        self.lanes = RunLanes(runs, wide=wide_session is not None)
         self.max_run_images = MAX_RUN_IMAGES
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
@@ -100,20 +150,28 @@ class OnnxClassifier:
 
         A run's working memory grows with its batch (2.0.0 at 32 images: about 470 MiB more than
         at 8), while images/s is flat from batch 4 up (docs/PERFORMANCE.md), so larger batches
-        are cut into runs.
+        are cut into runs; a narrow run, which may have company, takes its lane's share of them.
         """
         parts: list[list[np.ndarray]] = []
-        for start in range(0, len(images), self.max_run_images):
-            batch = images[start:start + self.max_run_images].astype(np.float32)  # raw 0..255 pixels
-            with self._lock:
-                parts.append(self.session.run(names, {self.input_name: batch}))
+        start = 0
+        while start < len(images):
+            with self.lanes.take() as wide:
+                size = self.max_run_images if wide else max(1, self.max_run_images // self.lanes.runs)
+                batch = images[start:start + size].astype(np.float32)  # raw 0..255 pixels
+                session = self.wide_session if wide else self.session
+                parts.append(session.run(names, {self.input_name: batch}))
+            start += size
         if len(parts) == 1:
             return parts[0]
         return [np.concatenate([part[i] for part in parts]) for i in range(len(names))]
 
     def warm_up(self) -> None:
-        """One inference on a grey image: allocates buffers and proves the model runs."""
-        self.predict_batch(np.full((1, IMAGE_SIZE, IMAGE_SIZE, 3), 128, dtype=np.uint8))
+        """One inference on a grey image in each session: allocates buffers and proves the model runs."""
+        grey = np.full((1, IMAGE_SIZE, IMAGE_SIZE, 3), 128, dtype=np.float32)
+        for session in (self.session, self.wide_session):
+            if session is not None:
+                (output,) = session.run([self.output_name], {self.input_name: grey})
+                _check_probabilities(np.asarray(output, dtype=np.float64), 1)
 
 
 def _has_activation_output(session: ort.InferenceSession) -> bool:
@@ -135,14 +193,18 @@ def _check_probabilities(output: np.ndarray, count: int) -> np.ndarray:
     return output / sums  # float32 softmax drifts by ~1e-7; make rows sum to 1 exactly-ish
 
 
-def load_classifier(model_path: Path, card_path: Path, threads: int, runs: int = 1) -> OnnxClassifier:
-    """Verify the card and the file, build the session, and warm it up.
+def load_classifier(
+    model_path: Path, card_path: Path, threads: int, runs: int = 1, wide_threads: int | None = None
+) -> OnnxClassifier:
+    """Verify the card and the file, build the session(s), and warm them up.
 
     Args:
         model_path: the .onnx file.
         card_path: its model card (JSON).
         threads: onnxruntime intra-op threads of each run.
         runs: model runs allowed at once (with `threads` each).
+        wide_threads: when given (and runs > 1), a second session with this many threads
+            serves a run that is alone (RunLanes).
     """
     try:
         card, raw_card = load_model_card(card_path)
@@ -159,7 +221,8 @@ def load_classifier(model_path: Path, card_path: Path, threads: int, runs: int =
         )
     session = _create_session(data, model_path, threads)
     _check_session_matches_card(session, card, model_path)
-    classifier = OnnxClassifier(session, card, raw_card, runs)
+    wide = _create_session(data, model_path, wide_threads) if wide_threads and runs > 1 else None
+    classifier = OnnxClassifier(session, card, raw_card, runs, wide)
     try:
         classifier.warm_up()
     except Exception as err:  # onnxruntime's errors share no base class but Exception

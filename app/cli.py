@@ -92,7 +92,9 @@ def run_predict(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     try:
-        classifier = load_classifier(settings.model_path, settings.card_path, settings.intra_op_threads)
+        # one run at a time here: it may use all the CPUs a lone service run would
+        threads = settings.wide_threads or settings.intra_op_threads
+        classifier = load_classifier(settings.model_path, settings.card_path, threads)
     except ModelLoadError as err:
         print(f"dscnet predict: {err}", file=sys.stderr)
         return 2

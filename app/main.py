@@ -57,7 +57,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     malloc = tune_malloc()  # before the model and the request threads allocate: flat RSS
     try:
         classifier = await run_in_threadpool(
-            load_classifier, settings.model_path, settings.card_path, settings.intra_op_threads, settings.model_runs
+            load_classifier,
+            settings.model_path,
+            settings.card_path,
+            settings.intra_op_threads,
+            settings.runs,
+            settings.wide_threads,
         )
     except ModelLoadError as err:
         state.load_error = f"the model could not be loaded: {err}"
@@ -70,7 +75,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.metrics.set_model(classifier.identity)
     logger.info("model ready", extra={"fields": {
         "model": classifier.identity.name, "version": classifier.identity.version,
-        "sha256": classifier.identity.sha256, "threads": settings.intra_op_threads, "runs": settings.model_runs,
+        "sha256": classifier.identity.sha256, "threads": settings.intra_op_threads, "runs": settings.runs,
+        "wide_threads": settings.wide_threads,
         "batching": settings.batching, "malloc": malloc,
     }})
     try:

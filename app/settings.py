@@ -19,6 +19,9 @@ from app.imaging import DEFAULT_MAX_PIXELS, IMAGE_SIZE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
+# Default cap on concurrent model runs: each holds its own working memory (up to MAX_RUN_IMAGES
+# images' activations), and only two cores were measured (docs/PERFORMANCE.md).
+DEFAULT_MAX_RUNS = 4
 
 
 class Settings(BaseSettings):
@@ -48,8 +51,15 @@ class Settings(BaseSettings):
     ort_threads: int | None = Field(
         None, ge=1, le=256, description="onnxruntime intra-op threads per run; default: usable CPUs / model_runs."
     )
-    model_runs: int = Field(
-        1, ge=1, le=64, description="Model runs at once, each on its share of the CPUs (the thread layout)."
+    model_runs: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description=f"Model runs at once, each on its share of the CPUs (the thread layout); "
+        f"default: usable CPUs, at most {DEFAULT_MAX_RUNS}.",
+    )
+    wide_lone_runs: bool = Field(
+        True, description="A model run with no other in flight or waiting uses all usable CPUs (a second session)."
     )
     # Micro-batching of concurrent requests (app.batching); see docs/PERFORMANCE.md.
     # Off by default: on two AVX2 cores a batch costs more CPU per image than single runs
@@ -132,9 +142,22 @@ class Settings(BaseSettings):
         return self.model_card_path or self.model_path.with_suffix(".json")
 
     @property
+    def runs(self) -> int:
+        """Model runs at once: the setting, else one per usable CPU up to DEFAULT_MAX_RUNS."""
+        return self.model_runs or min(available_cpus(), DEFAULT_MAX_RUNS)
+
+    @property
     def intra_op_threads(self) -> int:
         """onnxruntime's threads per run: the setting, else the usable CPUs shared out between the runs."""
-        return self.ort_threads or max(1, available_cpus() // self.model_runs)
+        return self.ort_threads or max(1, available_cpus() // self.runs)
+
+    @property
+    def wide_threads(self) -> int | None:
+        """Threads of the session for lone runs (all usable CPUs), or None when there is none to gain."""
+        cpus = available_cpus()
+        if not self.wide_lone_runs or self.runs == 1 or self.intra_op_threads >= cpus:
+            return None
+        return cpus
 
 
 @lru_cache

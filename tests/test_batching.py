@@ -242,7 +242,7 @@ def batch_runs(client: TestClient) -> dict[str, float]:
 def test_concurrent_predicts_share_one_run_and_get_their_own_labels(
     tiny_model: Path, gated_classifier: GatedModel
 ) -> None:
-    settings = Settings(model_path=tiny_model, ort_threads=1, batching=True)
+    settings = Settings(model_path=tiny_model, ort_threads=1, model_runs=1, batching=True)
     colours = {(255, 0, 0): "benign", (0, 255, 0): "early_pre_b", (0, 0, 255): "pre_b"}
     with TestClient(create_app(settings)) as client, ThreadPoolExecutor(4) as pool:
         batcher = client.app.state.service.batcher
@@ -264,7 +264,7 @@ def test_concurrent_predicts_share_one_run_and_get_their_own_labels(
 def test_a_full_queue_answers_503_overloaded_with_retry_after(
     tiny_model: Path, gated_classifier: GatedModel
 ) -> None:
-    settings = Settings(model_path=tiny_model, ort_threads=1, batching=True, max_batch_images=1, batch_queue_images=1)
+    settings = Settings(model_path=tiny_model, ort_threads=1, model_runs=1, batching=True, max_batch_images=1, batch_queue_images=1)
     with TestClient(create_app(settings)) as client, ThreadPoolExecutor(4) as pool:
         batcher = client.app.state.service.batcher
         gated_classifier.hold()
@@ -298,7 +298,7 @@ def test_batching_is_off_by_default_and_each_request_runs_directly(tiny_model: P
 
 
 def test_the_batcher_stops_with_the_service(tiny_model: Path) -> None:
-    with TestClient(create_app(Settings(model_path=tiny_model, ort_threads=1, batching=True))) as client:
+    with TestClient(create_app(Settings(model_path=tiny_model, ort_threads=1, model_runs=1, batching=True))) as client:
         batcher = client.app.state.service.batcher
         assert post(client, (255, 0, 0)).status_code == 200
     with pytest.raises(BatcherStoppedError):
@@ -318,7 +318,15 @@ def test_with_two_workers_two_runs_go_at_once(make_batcher: Callable[..., MicroB
 
 def test_the_thread_layout_shares_the_cpus_between_runs(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("app.settings.available_cpus", lambda: 4)
-    assert Settings(model_path=tiny_model).intra_op_threads == 4
+    default = Settings(model_path=tiny_model)
+    assert (default.runs, default.intra_op_threads, default.wide_threads) == (4, 1, 4)
+    assert Settings(model_path=tiny_model, model_runs=1).intra_op_threads == 4
+    assert Settings(model_path=tiny_model, model_runs=1).wide_threads is None  # one run already has every CPU
     assert Settings(model_path=tiny_model, model_runs=2).intra_op_threads == 2
     assert Settings(model_path=tiny_model, model_runs=8).intra_op_threads == 1
     assert Settings(model_path=tiny_model, model_runs=2, ort_threads=3).intra_op_threads == 3
+    assert Settings(model_path=tiny_model, model_runs=2, wide_lone_runs=False).wide_threads is None
+    monkeypatch.setattr("app.settings.available_cpus", lambda: 16)
+    assert (Settings(model_path=tiny_model).runs, Settings(model_path=tiny_model).intra_op_threads) == (4, 4)
+    monkeypatch.setattr("app.settings.available_cpus", lambda: 1)
+    assert (Settings(model_path=tiny_model).runs, Settings(model_path=tiny_model).wide_threads) == (1, None)

@@ -120,6 +120,8 @@ def flaky(request: pytest.FixtureRequest, tiny_model: Path) -> Iterator[tuple[Te
         classifier = client.app.state.service.classifier
         session = FlakySession(classifier.session)
         classifier.session = session
+        if classifier.wide_session is not None:  # lone runs go through the flaky one too
+            classifier.wide_session = session
         yield client, session
 
 

@@ -389,7 +389,8 @@ def test_logs_hold_no_image_content_file_names_or_keys(tiny_model: Path, every_l
                                          "data": [base64.b64encode(good).decode()]}]}
         assert client.post("/v2/models/dscnet/infer", headers=auth, json=v2).status_code == 200
         assert client.post("/predict", headers={"X-API-Key": WRONG_KEY}, files={"image": (name, good)}).status_code == 401
-        client.app.state.service.classifier.session = BrokenSession()  # a server fault's traceback too
+        classifier = client.app.state.service.classifier
+        classifier.session = classifier.wide_session = BrokenSession()  # a server fault's traceback too
         client.app.state.service.batcher = None
         assert client.post("/predict", headers=auth, files={"image": (name, good)}).status_code == 500
     text = "\n".join(every_log_line)

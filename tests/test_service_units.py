@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from app.classifier import ModelOutputError, OnnxClassifier, _check_probabilities, load_classifier
+from app.classifier import ModelOutputError, OnnxClassifier, RunLanes, _check_probabilities, load_classifier
 from app.cpus import available_cpus, cgroup_cpu_quota
 from app.uploads import (
     FileTooLargeError,
@@ -197,3 +199,121 @@ def test_serving_imports_no_tensorflow() -> None:
     repo = Path(__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+# --- run lanes: a lone run takes every CPU, concurrent runs share them ------------------------
+
+
+class LaneProbe:
+    """Runs `take()` on a thread and holds the lane until released; records whether it was wide."""
+
+    def __init__(self, lanes: RunLanes) -> None:
+        self.lanes, self.held, self.release, self.wide = lanes, threading.Event(), threading.Event(), None
+        self.thread = threading.Thread(target=self._hold)
+        self.thread.start()
+
+    def _hold(self) -> None:
+        with self.lanes.take() as wide:
+            self.wide = wide
+            self.held.set()
+            self.release.wait(10)
+
+    def finish(self) -> bool | None:
+        self.release.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        return self.wide
+
+
+def test_a_lone_run_is_wide_and_holds_every_lane() -> None:
+    lanes = RunLanes(runs=2, wide=True)
+    first = LaneProbe(lanes)
+    assert first.held.wait(10)
+    second = LaneProbe(lanes)
+    assert not second.held.wait(0.2)  # the wide run holds both lanes
+    assert first.finish() is True
+    assert second.held.wait(10)
+    assert second.finish() is False  # it had to wait: there is company, so it runs narrow
+
+
+def test_concurrent_runs_are_narrow_and_never_more_than_the_lanes() -> None:
+    lanes = RunLanes(runs=2, wide=True)
+    blocker = LaneProbe(lanes)  # wide
+    assert blocker.held.wait(10)
+    probes = [LaneProbe(lanes) for _ in range(3)]
+    blocker.finish()
+    wait_for(lambda: sum(p.held.is_set() for p in probes) == 2)
+    assert not any(p.wide for p in probes if p.held.is_set())
+    time.sleep(0.1)
+    assert sum(p.held.is_set() for p in probes) == 2  # the third waits for a lane
+    results = [p.finish() for p in probes]
+    assert results == [False, False, False]
+    with lanes.take() as wide:  # all quiet again: alone, so wide
+        assert wide
+
+
+def test_lanes_without_a_wide_session_never_go_wide() -> None:
+    with RunLanes(runs=2, wide=False).take() as wide:
+        assert not wide
+    with RunLanes(runs=1, wide=True).take() as wide:  # one lane: there is nothing wider
+        assert not wide
+
+
+def test_the_wide_and_the_narrow_session_give_the_same_probabilities(tiny_model: Path) -> None:
+    classifier = load_classifier(tiny_model, tiny_model.with_suffix(".json"), threads=1, runs=2, wide_threads=2)
+    assert classifier.wide_session is not None and classifier.wide_session is not classifier.session
+    batch = np.random.default_rng(1).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    used: list[str] = []
+    for name in ("session", "wide_session"):
+        session = getattr(classifier, name)
+
+        class Recording:
+            def run(self, names, feed, name=name, session=session):
+                used.append(name)
+                return session.run(names, feed)
+
+        setattr(classifier, name, Recording())
+    lone = classifier.predict_batch(batch)
+    first = LaneProbe(classifier.lanes)  # wide: holds both lanes
+    assert first.held.wait(10)
+    second = LaneProbe(classifier.lanes)  # waits, then holds one narrow lane
+    first.finish()
+    assert second.held.wait(10)
+    crowded = classifier.predict_batch(batch)  # another run in flight: the narrow session
+    assert second.finish() is False
+    assert used == ["wide_session", "session"]
+    np.testing.assert_allclose(lone, crowded, atol=1e-6)
+    assert load_classifier(tiny_model, tiny_model.with_suffix(".json"), threads=1, runs=1, wide_threads=2).wide_session is None
+
+
+def wait_for(condition) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never became true"
+        time.sleep(0.01)
+
+
+def test_narrow_runs_take_their_lanes_share_of_a_large_batch(tiny_model: Path) -> None:
+    """Concurrent runs hold together no more images than one wide run: memory grows with the batch."""
+    classifier = load_classifier(tiny_model, tiny_model.with_suffix(".json"), threads=1, runs=2, wide_threads=2)
+    sizes: dict[str, list[int]] = {"session": [], "wide_session": []}
+    for name in sizes:
+        session = getattr(classifier, name)
+
+        class Recording:
+            def run(self, names, feed, name=name, session=session):
+                sizes[name].append(len(next(iter(feed.values()))))
+                return session.run(names, feed)
+
+        setattr(classifier, name, Recording())
+    batch = np.random.default_rng(2).integers(0, 256, (11, 224, 224, 3), dtype=np.uint8)
+    alone = classifier.predict_batch(batch)
+    first = LaneProbe(classifier.lanes)
+    assert first.held.wait(10)
+    second = LaneProbe(classifier.lanes)
+    first.finish()
+    assert second.held.wait(10)
+    crowded = classifier.predict_batch(batch)
+    second.finish()
+    assert sizes == {"wide_session": [8, 3], "session": [4, 4, 3]}
+    np.testing.assert_allclose(alone, crowded, atol=1e-6)
