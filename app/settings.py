@@ -48,18 +48,21 @@ class Settings(BaseSettings):
         le=500_000_000,
         description="Most pixels an image header may declare (decompression bombs).",
     )
+    cpus: int | None = Field(
+        None, ge=1, le=256, description="CPUs the model runs may use; default: usable CPUs (cgroup quota, affinity)."
+    )
     ort_threads: int | None = Field(
-        None, ge=1, le=256, description="onnxruntime intra-op threads per run; default: usable CPUs / model_runs."
+        None, ge=1, le=256, description="onnxruntime intra-op threads per run; default: CPUs / model runs."
     )
     model_runs: int | None = Field(
         None,
         ge=1,
         le=64,
-        description=f"Model runs at once, each on its share of the CPUs (the thread layout); "
-        f"default: usable CPUs, at most {DEFAULT_MAX_RUNS}.",
+        description=f"Model runs at once, each on its share of the CPUs (the thread layout); default: "
+        f"one per CPU, at most {DEFAULT_MAX_RUNS} (with DSCNET_ORT_THREADS: as many as fit the CPUs).",
     )
     wide_lone_runs: bool = Field(
-        True, description="A model run with no other in flight or waiting uses all usable CPUs (a second session)."
+        True, description="A model run with no other in flight or waiting uses all the CPUs (a second session)."
     )
     # Micro-batching of concurrent requests (app.batching); see docs/PERFORMANCE.md.
     # Off by default: on two AVX2 cores a batch costs more CPU per image than single runs
@@ -142,22 +145,31 @@ class Settings(BaseSettings):
         return self.model_card_path or self.model_path.with_suffix(".json")
 
     @property
+    def usable_cpus(self) -> int:
+        """CPUs for the model runs: the setting, else what this process may use."""
+        return self.cpus or available_cpus()
+
+    @property
     def runs(self) -> int:
-        """Model runs at once: the setting, else one per usable CPU up to DEFAULT_MAX_RUNS."""
-        return self.model_runs or min(available_cpus(), DEFAULT_MAX_RUNS)
+        """Model runs at once: the setting; else as many runs of `ort_threads` as fit the CPUs;
+        else one per CPU, up to DEFAULT_MAX_RUNS."""
+        if self.model_runs:
+            return self.model_runs
+        if self.ort_threads:
+            return max(1, self.usable_cpus // self.ort_threads)
+        return min(self.usable_cpus, DEFAULT_MAX_RUNS)
 
     @property
     def intra_op_threads(self) -> int:
-        """onnxruntime's threads per run: the setting, else the usable CPUs shared out between the runs."""
-        return self.ort_threads or max(1, available_cpus() // self.runs)
+        """onnxruntime's threads per run: the setting, else the CPUs shared out between the runs."""
+        return self.ort_threads or max(1, self.usable_cpus // self.runs)
 
     @property
     def wide_threads(self) -> int | None:
-        """Threads of the session for lone runs (all usable CPUs), or None when there is none to gain."""
-        cpus = available_cpus()
-        if not self.wide_lone_runs or self.runs == 1 or self.intra_op_threads >= cpus:
+        """Threads of the session for lone runs (all the CPUs), or None when there is none to gain."""
+        if not self.wide_lone_runs or self.runs == 1 or self.intra_op_threads >= self.usable_cpus:
             return None
-        return cpus
+        return self.usable_cpus
 
 
 @lru_cache

@@ -1,11 +1,12 @@
 """The container's start command: size workers and onnxruntime threads to the container, then serve.
 
     WEB_CONCURRENCY     uvicorn worker processes (uvicorn's own variable); default 1
-    DSCNET_ORT_THREADS  onnxruntime threads per worker; default usable CPUs // workers, at least 1
+    DSCNET_CPUS         CPUs of each worker's model runs; default usable CPUs // workers, at least 1
 
 "Usable CPUs" is `app.cpus.available_cpus()`: the cgroup CPU quota and the affinity mask, not
-the host's core count, so `--cpus 2` on a 64-core host gives 2. Workers times threads never
-exceeds the quota by default: oversubscribing it makes the kernel throttle every process.
+the host's core count, so `--cpus 2` on a 64-core host gives 2. The workers' CPUs together never
+exceed the quota by default: oversubscribing it makes the kernel throttle every process. Each
+worker lays its runs out on its CPUs (app.settings: one run per CPU, and a lone run on all).
 
 One worker (the default) runs `dscnet serve`, the project's own start-up path. More workers
 run uvicorn's process manager with the same JSON log lines, after the model has passed its
@@ -32,8 +33,8 @@ def worker_count(environ: dict[str, str]) -> int:
     return int(text)
 
 
-def threads_per_worker(cpus: int, workers: int) -> int:
-    """onnxruntime threads per worker so that workers x threads fits the CPUs."""
+def cpus_per_worker(cpus: int, workers: int) -> int:
+    """Each worker's share of the CPUs, so that the workers together fit them."""
     return max(1, cpus // workers)
 
 
@@ -58,8 +59,8 @@ def main() -> int:
     except ValueError as err:
         print(f"dscnet container: {err}", file=sys.stderr)
         return 2
-    if not os.environ.get("DSCNET_ORT_THREADS"):
-        os.environ["DSCNET_ORT_THREADS"] = str(threads_per_worker(available_cpus(), workers))
+    if not os.environ.get("DSCNET_CPUS"):
+        os.environ["DSCNET_CPUS"] = str(cpus_per_worker(available_cpus(), workers))
     try:
         settings = Settings()
     except ValidationError as err:
@@ -78,7 +79,7 @@ def main() -> int:
         return 1
     import uvicorn
 
-    # The workers read DSCNET_* (threads included) from the environment set above.
+    # The workers read DSCNET_* (their CPUs included) from the environment set above.
     uvicorn.run(
         "app.main:app", host=settings.host, port=settings.port, workers=workers,
         log_config=log_config(settings.log_level), log_level=settings.log_level, access_log=False,

@@ -326,6 +326,12 @@ def test_the_thread_layout_shares_the_cpus_between_runs(tiny_model: Path, monkey
     assert Settings(model_path=tiny_model, model_runs=8).intra_op_threads == 1
     assert Settings(model_path=tiny_model, model_runs=2, ort_threads=3).intra_op_threads == 3
     assert Settings(model_path=tiny_model, model_runs=2, wide_lone_runs=False).wide_threads is None
+    given_threads = Settings(model_path=tiny_model, ort_threads=2)  # as many such runs as fit
+    assert (given_threads.runs, given_threads.intra_op_threads, given_threads.wide_threads) == (2, 2, 4)
+    share = Settings(model_path=tiny_model, cpus=2)  # a worker's share (docker/serve.py)
+    assert (share.runs, share.intra_op_threads, share.wide_threads) == (2, 1, 2)
+    one = Settings(model_path=tiny_model, cpus=1)
+    assert (one.runs, one.intra_op_threads, one.wide_threads) == (1, 1, None)
     monkeypatch.setattr("app.settings.available_cpus", lambda: 16)
     assert (Settings(model_path=tiny_model).runs, Settings(model_path=tiny_model).intra_op_threads) == (4, 4)
     monkeypatch.setattr("app.settings.available_cpus", lambda: 1)

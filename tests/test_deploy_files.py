@@ -166,9 +166,9 @@ def test_worker_count_refuses_nonsense(value: str) -> None:
         load_serve_module().worker_count({"WEB_CONCURRENCY": value})
 
 
-@pytest.mark.parametrize(("cpus", "workers", "threads"), [(2, 1, 2), (2, 2, 1), (8, 3, 2), (1, 4, 1)])
-def test_threads_fit_the_cpus(cpus: int, workers: int, threads: int) -> None:
-    assert load_serve_module().threads_per_worker(cpus, workers) == threads
+@pytest.mark.parametrize(("cpus", "workers", "share"), [(2, 1, 2), (2, 2, 1), (8, 3, 2), (1, 4, 1)])
+def test_the_workers_cpus_fit_the_cpus(cpus: int, workers: int, share: int) -> None:
+    assert load_serve_module().cpus_per_worker(cpus, workers) == share
 
 
 def test_log_config_uses_the_service_formatter() -> None:
@@ -262,8 +262,8 @@ def test_deployment_probes_resources_and_security() -> None:
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert any(mount["mountPath"] == "/tmp" for mount in container["volumeMounts"])
     check_env({item["name"] for item in container["env"]}, "the Deployment")
-    threads = next(item for item in container["env"] if item["name"] == "DSCNET_ORT_THREADS")
-    assert threads["valueFrom"]["resourceFieldRef"] == {
+    cpus = next(item for item in container["env"] if item["name"] == "DSCNET_CPUS")
+    assert cpus["valueFrom"]["resourceFieldRef"] == {
         "containerName": container["name"], "resource": "limits.cpu", "divisor": "1"}
 
 
@@ -298,5 +298,5 @@ def test_kserve_inference_service_runs_the_image_as_a_v2_predictor() -> None:
     assert any(volume["name"] == mount["name"] and mount["mountPath"] == "/tmp"
                for volume in predictor["volumes"] for mount in container["volumeMounts"])
     check_env({item["name"] for item in container["env"]}, "the InferenceService")
-    threads = next(item for item in container["env"] if item["name"] == "DSCNET_ORT_THREADS")
-    assert threads["value"] == container["resources"]["limits"]["cpu"]
+    cpus = next(item for item in container["env"] if item["name"] == "DSCNET_CPUS")
+    assert cpus["value"] == container["resources"]["limits"]["cpu"]
