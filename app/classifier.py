@@ -47,7 +47,7 @@ class ModelIdentity:
     sha256: str
 
 
-MAX_RUN_IMAGES = 8  # images per onnxruntime run; larger batches are cut (memory, see OnnxClassifier._run)
+MAX_RUN_IMAGES = 4  # images per onnxruntime run; larger batches are cut (memory, see OnnxClassifier._run)
 
 
 class RunLanes:

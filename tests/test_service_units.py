@@ -262,7 +262,7 @@ def test_lanes_without_a_wide_session_never_go_wide() -> None:
 def test_the_wide_and_the_narrow_session_give_the_same_probabilities(tiny_model: Path) -> None:
     classifier = load_classifier(tiny_model, tiny_model.with_suffix(".json"), threads=1, runs=2, wide_threads=2)
     assert classifier.wide_session is not None and classifier.wide_session is not classifier.session
-    batch = np.random.default_rng(1).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    batch = np.random.default_rng(1).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     used: list[str] = []
     for name in ("session", "wide_session"):
         session = getattr(classifier, name)
@@ -306,6 +306,7 @@ def test_narrow_runs_take_their_lanes_share_of_a_large_batch(tiny_model: Path) -
                 return session.run(names, feed)
 
         setattr(classifier, name, Recording())
+    classifier.max_run_images = 8
     batch = np.random.default_rng(2).integers(0, 256, (11, 224, 224, 3), dtype=np.uint8)
     alone = classifier.predict_batch(batch)
     first = LaneProbe(classifier.lanes)
