@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from app.classifier import ModelLoadError
 from app.main import create_app
 from app.settings import Settings, describe_settings_error
+from helpers_images import solid
 from helpers_onnx import build_tiny_model, card_for, write_card
 
 
@@ -179,3 +180,13 @@ def test_invalid_environment_stops_the_lifespan(monkeypatch: pytest.MonkeyPatch)
     finally:
         settings_module.get_settings.cache_clear()
     assert "DSCNET_MAX_PIXELS" in app.state.service.load_error
+
+
+@pytest.mark.parametrize(("cpus", "lanes", "wide"), [(2, 2, True), (1, 1, False)])
+def test_the_service_lays_its_runs_out_on_its_cpus(tiny_model: Path, cpus: int, lanes: int, wide: bool) -> None:
+    """Two CPUs: two single-thread lanes and a two-thread session for lone runs; one CPU: one run."""
+    with TestClient(create_app(Settings(model_path=tiny_model, cpus=cpus))) as client:
+        classifier = client.app.state.service.classifier
+        assert classifier.lanes.runs == lanes and (classifier.wide_session is not None) == wide
+        image = {"image": ("a.png", solid((200, 120, 180)))}
+        assert client.post("/predict", files=image).status_code == 200
