@@ -58,12 +58,10 @@ def write_folds(manifest: Path, folds: int, out: Path, seed: int = 0) -> list[Pa
 
 def held_out_accuracy(run: Path, data_dir: Path) -> dict:
     """Accuracy of a fold's trained model (run/model.keras) on the fold's test blocks (run/split.csv)."""
-    import keras
-
-    from training.model import predict_probabilities  # also registers the custom layers
+    from training.model import load_keras_model, predict_probabilities  # imports Keras
 
     dataset = load_manifest_dataset(data_dir, run / "split.csv", splits=("test",))
-    model = keras.models.load_model(run / "model.keras", compile=False)
+    model = load_keras_model(run / "model.keras")
     labels = np.array([s.label for s in dataset.samples])
     right = predict_probabilities(model, dataset.images).argmax(axis=1) == labels
     groups = sorted({s.group for s in dataset.samples})

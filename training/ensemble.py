@@ -15,8 +15,7 @@ import keras
 import numpy as np
 
 from training.evaluate import RunData, audit, audit_shifts
-from training.export import load_keras_model
-from training.model import build_ensemble, predict_probabilities
+from training.model import build_ensemble, load_keras_model, predict_probabilities
 from training.train import balancing_weights, smoothed_targets
 
 

@@ -11,7 +11,13 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from training.model import SmearFilter, ensemble_members, is_dscnet, with_heatmaps  # noqa: F401  (registers the layer)
+from training.model import (  # noqa: F401  (SmearFilter: registers the layer)
+    SmearFilter,
+    ensemble_members,
+    is_dscnet,
+    load_keras_model,
+    with_heatmaps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +31,6 @@ PARITY_BATCH_SIZES = (1, 7, 32)
 
 class ExportParityError(RuntimeError):
     """The ONNX model's outputs differ from the Keras model's beyond the tolerance."""
-
-
-def load_keras_model(path: Path) -> keras.Model:
-    return keras.saving.load_model(path, compile=False)
 
 
 def export_onnx(model: keras.Model, onnx_path: Path, check_images: np.ndarray, opset: int = OPSET,

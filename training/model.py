@@ -27,6 +27,7 @@ rest open; our choices, each for this 2-core CPU budget and this dataset:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -161,6 +162,11 @@ def with_class_activation(model: keras.Model, name: str | None = None) -> keras.
         maps.append(block_map)
     activation = layers.Add(name="class_activation")(maps) if len(maps) > 1 else maps[0]
     return keras.Model(model.input, [model.output, activation], name=name or f"{model.name}_with_cam")
+
+
+def load_keras_model(path: Path) -> keras.Model:
+    """A saved .keras model (this module's layers registered), for inference: not compiled."""
+    return keras.saving.load_model(path, compile=False)
 
 
 def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 50) -> np.ndarray:

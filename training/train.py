@@ -172,9 +172,9 @@ def _limit(images: np.ndarray, labels: np.ndarray, per_class: int) -> tuple[np.n
 
 def _hardware() -> str:
     """What the training ran on, e.g. "NVIDIA H100 80GB HBM3" or "CPU (2 cores)"."""
-    import os
+    from app.cpus import available_cpus  # affinity and cgroup quota, as the service counts them
 
-    cpu = f"CPU ({len(os.sched_getaffinity(0))} cores)"
+    cpu = f"CPU ({available_cpus()} cores)"
     try:
         if keras.backend.backend() == "jax":
             import jax
