@@ -21,6 +21,7 @@ from app.batching import BatcherStoppedError, MicroBatcher, OverloadedError
 from app.classifier import OnnxClassifier
 from app.main import create_app
 from app.settings import Settings
+from helpers_wait import wait_for
 
 HANG_GUARD_S = 30  # only reached when the batcher is broken
 
@@ -69,12 +70,7 @@ def make_batcher() -> Iterator[Callable[..., MicroBatcher]]:
 
 
 def wait_until(condition: Callable[[], bool]) -> None:
-    event = threading.Event()
-    for _ in range(HANG_GUARD_S * 100):
-        if condition():
-            return
-        event.wait(0.01)
-    raise AssertionError("the condition never became true")
+    wait_for(condition, timeout_s=HANG_GUARD_S)
 
 
 def test_a_lone_request_runs_at_once_and_gets_its_rows(make_batcher: Callable[..., MicroBatcher]) -> None:

@@ -22,6 +22,7 @@ from app.uploads import (
     UploadLimits,
     read_uploads,
 )
+from helpers_wait import wait_for
 
 BOUNDARY = b"b0undary"
 
@@ -140,22 +141,34 @@ def test_predict_batch_returns_rows_that_sum_to_one(classifier: OnnxClassifier) 
     assert probabilities[0].argmax() == 0 and probabilities[1].argmax() == 3
 
 
+class RecordingSession:
+    """Wraps a session; appends the size of each batch it runs to `sizes`."""
+
+    def __init__(self, session, sizes: list[int]) -> None:
+        self.session, self.sizes = session, sizes
+
+    def run(self, names, feed):
+        self.sizes.append(len(next(iter(feed.values()))))
+        return self.session.run(names, feed)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def record_runs(classifier: OnnxClassifier, *names: str) -> dict[str, list[int]]:
+    """Replace the classifier's sessions `names` by recording ones; their batch sizes, by name."""
+    sizes: dict[str, list[int]] = {name: [] for name in names}
+    for name in names:
+        setattr(classifier, name, RecordingSession(getattr(classifier, name), sizes[name]))
+    return sizes
+
+
 def test_large_batches_run_in_bounded_pieces_with_the_same_rows(classifier: OnnxClassifier) -> None:
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, (11, 224, 224, 3), dtype=np.uint8)
     whole = classifier.predict_batch(batch)  # default run size
-    sizes: list[int] = []
-    run = classifier.session.run
-
-    class Recording:  # the session's run, recording each batch it is given
-        def run(self, names, feed):
-            sizes.append(len(next(iter(feed.values()))))
-            return run(names, feed)
-
-        def __getattr__(self, name):
-            return getattr(classifier.session, name)
-
-    classifier.session, session = Recording(), classifier.session
+    session = classifier.session
+    sizes = record_runs(classifier, "session")["session"]
     try:
         classifier.max_run_images = 4
         pieces = classifier.predict_batch(batch)
@@ -242,7 +255,7 @@ def test_concurrent_runs_are_narrow_and_never_more_than_the_lanes() -> None:
     assert blocker.held.wait(10)
     probes = [LaneProbe(lanes) for _ in range(3)]
     blocker.finish()
-    wait_for(lambda: sum(p.held.is_set() for p in probes) == 2)
+    wait_for(lambda: sum(p.held.is_set() for p in probes) == 2, "two probes to hold lanes")
     assert not any(p.wide for p in probes if p.held.is_set())
     time.sleep(0.1)
     assert sum(p.held.is_set() for p in probes) == 2  # the third waits for a lane
@@ -259,62 +272,40 @@ def test_lanes_without_a_wide_session_never_go_wide() -> None:
         assert not wide
 
 
+def hold_one_narrow_lane(lanes: RunLanes) -> LaneProbe:
+    """A probe holding one narrow lane of two: a first probe goes wide, the second waits for it."""
+    first = LaneProbe(lanes)  # alone: wide, holds both lanes
+    assert first.held.wait(10)
+    second = LaneProbe(lanes)  # had to wait: narrow once the first is done
+    assert first.finish() is True
+    assert second.held.wait(10)
+    return second
+
+
 def test_the_wide_and_the_narrow_session_give_the_same_probabilities(tiny_model: Path) -> None:
     classifier = load_classifier(tiny_model, tiny_model.with_suffix(".json"), threads=1, runs=2, wide_threads=2)
     assert classifier.wide_session is not None and classifier.wide_session is not classifier.session
     batch = np.random.default_rng(1).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
-    used: list[str] = []
-    for name in ("session", "wide_session"):
-        session = getattr(classifier, name)
-
-        class Recording:
-            def run(self, names, feed, name=name, session=session):
-                used.append(name)
-                return session.run(names, feed)
-
-        setattr(classifier, name, Recording())
+    sizes = record_runs(classifier, "session", "wide_session")
     lone = classifier.predict_batch(batch)
-    first = LaneProbe(classifier.lanes)  # wide: holds both lanes
-    assert first.held.wait(10)
-    second = LaneProbe(classifier.lanes)  # waits, then holds one narrow lane
-    first.finish()
-    assert second.held.wait(10)
+    assert sizes == {"wide_session": [2], "session": []}
+    other = hold_one_narrow_lane(classifier.lanes)
     crowded = classifier.predict_batch(batch)  # another run in flight: the narrow session
-    assert second.finish() is False
-    assert used == ["wide_session", "session"]
+    assert other.finish() is False
+    assert sizes == {"wide_session": [2], "session": [2]}
     np.testing.assert_allclose(lone, crowded, atol=1e-6)
     assert load_classifier(tiny_model, tiny_model.with_suffix(".json"), threads=1, runs=1, wide_threads=2).wide_session is None
-
-
-def wait_for(condition) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never became true"
-        time.sleep(0.01)
 
 
 def test_narrow_runs_take_their_lanes_share_of_a_large_batch(tiny_model: Path) -> None:
     """Concurrent runs hold together no more images than one wide run: memory grows with the batch."""
     classifier = load_classifier(tiny_model, tiny_model.with_suffix(".json"), threads=1, runs=2, wide_threads=2)
-    sizes: dict[str, list[int]] = {"session": [], "wide_session": []}
-    for name in sizes:
-        session = getattr(classifier, name)
-
-        class Recording:
-            def run(self, names, feed, name=name, session=session):
-                sizes[name].append(len(next(iter(feed.values()))))
-                return session.run(names, feed)
-
-        setattr(classifier, name, Recording())
+    sizes = record_runs(classifier, "session", "wide_session")
     classifier.max_run_images = 8
     batch = np.random.default_rng(2).integers(0, 256, (11, 224, 224, 3), dtype=np.uint8)
     alone = classifier.predict_batch(batch)
-    first = LaneProbe(classifier.lanes)
-    assert first.held.wait(10)
-    second = LaneProbe(classifier.lanes)
-    first.finish()
-    assert second.held.wait(10)
+    other = hold_one_narrow_lane(classifier.lanes)
     crowded = classifier.predict_batch(batch)
-    second.finish()
+    other.finish()
     assert sizes == {"wide_session": [8, 3], "session": [4, 4, 3]}
     np.testing.assert_allclose(alone, crowded, atol=1e-6)

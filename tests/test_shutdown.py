@@ -11,7 +11,6 @@ import re
 import signal
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 import helpers_images as images
 from app.cli import build_server
 from app.settings import Settings
+import helpers_wait as waiting
 from helpers_serve import ServiceProcess
 
 BOUNDARY = "shutdownboundary"
@@ -51,11 +51,7 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
+    waiting.wait_for(condition, what, timeout_s=WAIT_S, poll_s=0.05)
 
 
 def in_flight(url: str) -> float:
