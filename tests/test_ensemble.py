@@ -100,3 +100,48 @@ def test_manifest_runs_with_a_time_limit_average_export_and_carry_their_members_
     card = json.loads(onnx_path.with_suffix(".json").read_text())
     assert [m["seed"] for m in card["training"]["members"]] == [1, 2]
     assert card["architecture"]["parameters"] == 2 * build_dscnet(DSCNetConfig.tiny()).count_params()
+
+
+def test_crossval_fold_of_two_runs_is_scored_by_their_mean_probability(tmp_path, monkeypatch):
+    import training.model
+    from training.crossval import held_out_accuracy
+
+    data = make_dataset(tmp_path / "data", per_class=12)
+    dataset = load_dataset(data, block_size=3, seed=0)
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"fold0-seed{seed}"
+        run.mkdir()
+        write_manifest(dataset.samples, run / "split.csv")
+        _member(seed).save(run / "model.keras")
+        runs.append(run)
+    labels = np.array([s.label for s in dataset.samples if s.split == "test"])
+    assert len(set(labels.tolist())) == 4
+    # the real models: loaded, run and scored on the fold's test blocks
+    row = held_out_accuracy(runs, data)
+    assert row["members"] == 2 and row["run"] == "fold0-seed0+fold0-seed1" and row["images"] == len(labels)
+
+    # member 0 is wrong with 0.4 on every image, member 1 right with 0.7: only their mean is right
+    truth = np.eye(4)[labels]
+    wrong = np.roll(truth, 1, axis=1)
+    outputs = {runs[0].name: 0.4 * wrong + 0.2 * truth, runs[1].name: 0.7 * truth + 0.1 * wrong}
+    monkeypatch.setattr(training.model, "load_keras_model", lambda path: path.parent.name)
+    monkeypatch.setattr(training.model, "predict_probabilities", lambda name, images: outputs[name])
+    assert held_out_accuracy(runs[0], data)["accuracy"] == 0.0
+    assert held_out_accuracy(runs[1], data)["accuracy"] == 1.0
+    outputs[runs[1].name] = 0.3 * truth + 0.35 * wrong  # now the mean is wrong everywhere
+    assert held_out_accuracy(runs, data)["accuracy"] == 0.0
+    outputs[runs[1].name] = 0.7 * truth + 0.1 * wrong
+    assert held_out_accuracy(runs, data)["accuracy"] == 1.0
+
+    out = tmp_path / "cv.json"
+    assert run_command("crossval", f"{runs[0]}+{runs[1]}", "--data-dir", str(data), "--json", str(out)) == 0
+    assert [(r["members"], r["accuracy"]) for r in json.loads(out.read_text())] == [(2, 1.0)]
+
+    # runs of another fold (another split) are refused, not averaged
+    other = tmp_path / "fold1-seed0"
+    shutil.copytree(runs[1], other)
+    write_manifest(load_dataset(data, block_size=3, seed=5).samples, other / "split.csv")
+    with pytest.raises(ValueError, match="different folds"):
+        held_out_accuracy([runs[0], other], data)
+    assert run_command("crossval", f"{runs[0]}+{other}", "--data-dir", str(data)) == 2

@@ -149,7 +149,11 @@ def run_crossval(args: argparse.Namespace) -> int:
 
     from training.crossval import held_out_accuracy
 
-    rows = [held_out_accuracy(run, args.data_dir) for run in args.runs]
+    try:
+        rows = [held_out_accuracy([Path(part) for part in fold.split("+")], args.data_dir) for fold in args.runs]
+    except ValueError as error:
+        print(f"dscnet crossval: {error}", file=sys.stderr)
+        return 2
     print("| run | held-out images | blocks | accuracy |\n|---|---:|---:|---:|")
     for row in rows:
         print(f"| {row['run']} | {row['images']} | {row['blocks']} | {100 * row['accuracy']:.2f}% |")
@@ -284,7 +288,9 @@ def add_commands(commands) -> None:
     folds.set_defaults(run=run_folds)
 
     crossval = commands.add_parser("crossval", help="held-out accuracy of runs trained on fold manifests")
-    crossval.add_argument("runs", type=Path, nargs="+", help="run folders, one per fold (train --manifest fold-k.csv)")
+    crossval.add_argument("runs", nargs="+",
+                          help="run folders, one per fold (train --manifest fold-k.csv); runs of one fold joined "
+                               "by '+' (runs/a0+runs/a1) count as their mean probability, a seed ensemble")
     crossval.add_argument("--data-dir", type=Path, default=default_data_dir())
     crossval.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     crossval.set_defaults(run=run_crossval)

@@ -56,15 +56,21 @@ def write_folds(manifest: Path, folds: int, out: Path, seed: int = 0) -> list[Pa
     return paths
 
 
-def held_out_accuracy(run: Path, data_dir: Path) -> dict:
-    """Accuracy of a fold's trained model (run/model.keras) on the fold's test blocks (run/split.csv)."""
+def held_out_accuracy(runs: Path | list[Path], data_dir: Path) -> dict:
+    """Accuracy on a fold's test blocks (run/split.csv) of a trained model (run/model.keras) or,
+    given several runs of that fold, of their mean probability: the fold as a seed ensemble."""
     from training.model import load_keras_model, predict_probabilities  # imports Keras
 
-    dataset = load_manifest_dataset(data_dir, run / "split.csv", splits=("test",))
-    model = load_keras_model(run / "model.keras")
+    members = [runs] if isinstance(runs, Path) else list(runs)
+    manifests = {(run / "split.csv").read_bytes() for run in members}
+    if len(manifests) > 1:
+        raise ValueError(f"runs of different folds cannot be averaged: {' + '.join(map(str, members))}")
+    dataset = load_manifest_dataset(data_dir, members[0] / "split.csv", splits=("test",))
+    probabilities = np.mean([predict_probabilities(load_keras_model(run / "model.keras"), dataset.images)
+                             for run in members], axis=0)
     labels = np.array([s.label for s in dataset.samples])
-    right = predict_probabilities(model, dataset.images).argmax(axis=1) == labels
+    right = probabilities.argmax(axis=1) == labels
     groups = sorted({s.group for s in dataset.samples})
-    return {"run": run.name, "images": int(len(labels)), "blocks": len(groups),
-            "accuracy": float(right.mean()),
+    return {"run": "+".join(run.name for run in members), "members": len(members), "images": int(len(labels)),
+            "blocks": len(groups), "accuracy": float(right.mean()),
             "per_class": {c: float(right[labels == c].mean()) for c in sorted(set(labels.tolist()))}}
