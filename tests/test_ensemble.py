@@ -62,7 +62,7 @@ def test_runs_of_different_splits_are_not_averaged(tmp_path):
 
 
 @pytest.mark.slow
-def test_manifest_runs_with_a_time_limit_average_export_and_carry_their_members_into_the_card(tmp_path):
+def test_manifest_runs_with_a_time_limit_average_export_and_carry_their_members_into_the_card(tmp_path, capsys):
     data = make_dataset(tmp_path / "data", per_class=12)
     dataset = load_dataset(data, block_size=3, seed=0)
     manifest = tmp_path / "split.csv"
@@ -92,6 +92,16 @@ def test_manifest_runs_with_a_time_limit_average_export_and_carry_their_members_
 
     out = tmp_path / "ensemble"
     assert run_command("ensemble", *map(str, folders), "--out", str(out), "--data-dir", str(data)) == 0
+    capsys.readouterr()
+    # the validation shift audit of one run and of the ensemble, as a choice between them needs
+    for folder in (folders[0], out):
+        assert run_command("audit-validation", str(folder), "--data-dir", str(data)) == 0
+        found = json.loads(capsys.readouterr().out)["validation_audit"]
+        counted = {k: v for k, v in found["costs"].items() if "grayscale" not in k}
+        assert "grayscale" in " ".join(found["costs"]) and len(counted) >= 5
+        assert found["worst_cost"] == max(counted.values()) == counted[found["worst_shift"]]
+        val = [s for s in dataset.samples if s.split == "val"]
+        assert round(found["clean_accuracy"] * len(val), 3) == round(found["clean_accuracy"] * len(val))
     summary = json.loads((out / "training.json").read_text())
     assert [m["seed"] for m in summary["members"]] == [1, 2] and summary["config"]["seeds"] == [1, 2]
     assert summary["manifest_sha256"] == digest and summary["best_val_loss"] > 0

@@ -121,12 +121,29 @@ def run_ensemble(args: argparse.Namespace) -> int:
               "val_accuracy": round(summary["val_accuracy"], 4),
               "members": {m["run"]: round(m["best_val_loss"], 4) for m in summary["members"]}}
     if args.audit_validation:
-        found = validation_audit(model, runs[0])  # the ensemble's split is its members' split
-        result["validation_audit"] = {"clean_accuracy": round(found["clean_accuracy"], 4),
-                                      "worst_shift": found["worst_shift"], "worst_cost": round(found["worst_cost"], 4),
-                                      "costs": {k: round(v, 4) for k, v in found["costs"].items()}}
+        result["validation_audit"] = _rounded_audit(validation_audit(model, runs[0]))  # the members' split
     print(json.dumps(result, indent=2))
     return 0
+
+
+def run_audit_validation(args: argparse.Namespace) -> int:
+    _needs_training_extra("audit-validation")
+    _setup_logging()
+    import json
+
+    from training.ensemble import validation_audit
+    from training.evaluate import load_run
+    from training.model import load_keras_model
+
+    run = load_run(args.run_dir, args.data_dir)
+    found = validation_audit(load_keras_model(args.run_dir / "model.keras"), run)
+    print(json.dumps({"run": str(args.run_dir), "validation_audit": _rounded_audit(found)}, indent=2))
+    return 0
+
+
+def _rounded_audit(found: dict) -> dict:
+    return {"clean_accuracy": round(found["clean_accuracy"], 4), "worst_shift": found["worst_shift"],
+            "worst_cost": round(found["worst_cost"], 4), "costs": {k: round(v, 4) for k, v in found["costs"].items()}}
 
 
 def run_folds(args: argparse.Namespace) -> int:
@@ -279,6 +296,12 @@ def add_commands(commands) -> None:
     ensemble.add_argument("--audit-validation", action="store_true",
                           help="also run the shift audit on the validation split (for choosing a model)")
     ensemble.set_defaults(run=run_ensemble)
+
+    audit_validation = commands.add_parser(
+        "audit-validation", help="the shift audit of a trained run (one model or an ensemble) on its validation split")
+    audit_validation.add_argument("run_dir", type=Path, help="a run folder (train or ensemble --out)")
+    audit_validation.add_argument("--data-dir", type=Path, default=default_data_dir())
+    audit_validation.set_defaults(run=run_audit_validation)
 
     folds = commands.add_parser("folds", help="write grouped cross-validation manifests over a split's train/val blocks")
     folds.add_argument("--manifest", type=Path, default=REPO_ROOT / "models" / "split.csv")
