@@ -12,7 +12,7 @@ from app.labels import CLASS_IDS, CLASS_NAMES
 from training.data import split_seed
 
 MODEL_NAME = "dscnet"
-MODEL_VERSION = "2.0.0"
+MODEL_VERSION = "2.1.0"
 
 INTENDED_USE = (
     "Research and laboratory decision support: a second reader that ranks peripheral blood smear "
