@@ -17,3 +17,24 @@ def test_missing_training_extra_gives_the_install_command(command, monkeypatch, 
     assert exited.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == f"dscnet {command}: this command needs the training extra; install it with: pip install -e '.[train]'"
+
+
+def test_train_command_defaults_are_the_recipe_that_training_uses(tmp_path):
+    import argparse
+
+    from training import cli, recipe
+
+    parser = argparse.ArgumentParser()
+    cli.add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["train"])
+    shown = (args.epochs, args.blur_share, args.blur_sigma_max)
+    assert shown == (recipe.EPOCHS, recipe.BLUR_SHARE, recipe.BLUR_SIGMA_MAX) == (20, 0.25, 1.5)
+
+    pytest.importorskip("keras", reason="the [train] extra is not installed")  # CI installs it
+    from training import augment
+    from training.train import TrainConfig
+
+    config = TrainConfig(data_dir=tmp_path, out_dir=tmp_path)
+    assert (config.epochs, config.blur_share, config.blur_sigma_max) == shown
+    layer = augment.SmearAugment(seed=0)
+    assert (layer.blur_share, layer.blur_sigma_max) == shown[1:]

@@ -28,6 +28,7 @@ import numpy as np
 from keras import ops
 from PIL import Image
 
+from training.recipe import BLUR_SHARE, BLUR_SIGMA_MAX
 from training.shifts import (
     HED_FROM_RGB,
     LAB_FROM_LOGLMS,
@@ -43,8 +44,6 @@ _LMS_INV = np.linalg.inv(LMS_FROM_RGB).astype(np.float32)
 _LAB_INV = np.linalg.inv(LAB_FROM_LOGLMS).astype(np.float32)
 JPEG_SHARE = 0.3  # share of training images re-compressed, at a quality drawn from JPEG_QUALITY
 JPEG_QUALITY = (30, 95)
-BLUR_SHARE = 0.25  # share of images blurred, with one Gaussian sigma per batch from 0.5 to BLUR_SIGMA_MAX
-BLUR_SIGMA_MAX = 1.5
 
 
 def recompress_jpeg(image: np.ndarray, quality: int) -> np.ndarray:

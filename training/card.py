@@ -13,6 +13,8 @@ from training.data import split_seed
 
 MODEL_NAME = "dscnet"
 MODEL_VERSION = "2.1.0"
+# what a run trained before the hardware was recorded ran on: this project's 2-core CPU
+UNRECORDED_HARDWARE = "CPU (2 cores)"
 
 INTENDED_USE = (
     "Research and laboratory decision support: a second reader that ranks peripheral blood smear "
@@ -102,7 +104,7 @@ def build_card(onnx_path: Path, training: dict, export: dict, versions: dict) ->
             "loss": f"KL divergence to one-hot targets smoothed by {training['config']['label_smoothing']}",
             "optimizer": f"Adam, cosine-decayed learning rate from {training['config']['learning_rate']}",
             "seconds": training["seconds"],
-            "hardware": training.get("hardware", "CPU (2 cores)"),  # runs from before it was recorded: this CPU
+            "hardware": training.get("hardware", UNRECORDED_HARDWARE),
             **({"members": training["members"]} if "members" in training else {}),
         },
         "intended_use": INTENDED_USE,
@@ -151,7 +153,7 @@ def calibration_for_card(calibration: dict) -> dict:
 
 def _training_line(training: dict) -> str:
     members = training.get("members")
-    where = training.get("hardware", "CPU (2 cores)")
+    where = training.get("hardware", UNRECORDED_HARDWARE)
     if not members:
         return (f"trained {training['epochs']} epochs (best {training['best_epoch']}) in "
                 f"{training['seconds'] / 60:.1f} min on {where}.")

@@ -13,6 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from training import recipe
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Kept in step with training.architectures.ARCHITECTURES (which imports Keras; this module must not).
 ARCHITECTURE_NAMES = ("dscnet", "lenet5", "vgg16-bn-w0.125", "darknet53-w0.125", "plain-cnn")
@@ -250,7 +252,7 @@ def add_commands(commands) -> None:
     train.add_argument("--split", choices=("blocks", "random"), default="blocks")
     train.add_argument("--arch", choices=ARCHITECTURE_NAMES, default="dscnet",
                        help="the model to train; the comparison models are reports, not shipped")
-    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--epochs", type=int, default=recipe.EPOCHS, help="default %(default)s (the paper's)")
     train.add_argument("--batch-size", type=int, default=20)
     train.add_argument("--seed", type=int, default=0, help="seed of the weights, shuffling, augmentation and split")
     train.add_argument("--split-seed", type=int, default=None,
@@ -258,10 +260,10 @@ def add_commands(commands) -> None:
                             "training of the same split)")
     train.add_argument("--stain-transfer", type=_share, default=0.0, metavar="SHARE",
                        help="share of training images (0..1) given another training image's colour statistics")
-    train.add_argument("--blur-share", type=_share, default=0.25, metavar="SHARE",
-                       help="share of training images blurred (Gaussian; default 0.25)")
-    train.add_argument("--blur-sigma-max", type=float, default=1.5, metavar="SIGMA",
-                       help="largest blur sigma in pixels (drawn from 0.5 to this; default 1.5)")
+    train.add_argument("--blur-share", type=_share, default=recipe.BLUR_SHARE, metavar="SHARE",
+                       help="share of training images blurred (Gaussian; default %(default)s)")
+    train.add_argument("--blur-sigma-max", type=float, default=recipe.BLUR_SIGMA_MAX, metavar="SIGMA",
+                       help="largest blur sigma in pixels (drawn from 0.5 to this; default %(default)s)")
     train.add_argument("--manifest", type=Path, default=None,
                        help="train on this split manifest (e.g. models/split.csv) instead of drawing a split; "
                             "only its training and validation images need to be in --data-dir")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.labels import CLASS_IDS
+from training.card import UNRECORDED_HARDWARE
 from training.report import PAPER_CLAIMS, _pct
 
 # Targets for the shipped model (issue 2), in accuracy points.
@@ -215,7 +216,7 @@ def render(results: dict[str, dict], training: dict, figures: list[str], notes: 
         f"{training['val_images']} validation images; batch {training['config']['batch_size']}, "
         f"{training['epochs_run']} epochs, {_best_epochs(training)}.",
         f"- Wall-clock training time: {training['seconds'] / 60:.1f} minutes on "
-        f"{training.get('hardware', 'CPU (2 cores)')}"
+        f"{training.get('hardware', UNRECORDED_HARDWARE)}"
         f"{ADDED if 'members' in training else ''}.",
         f"- Split manifest sha256: `{training['manifest_sha256']}`.",
         "",

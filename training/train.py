@@ -14,10 +14,11 @@ import keras
 import numpy as np
 
 from app.labels import CLASS_IDS
-from training.augment import BLUR_SHARE, BLUR_SIGMA_MAX, TrainingFeed, augmenter
+from training.augment import TrainingFeed, augmenter
 from training.data import Dataset, load_dataset, load_manifest_dataset, split_seed, write_manifest
 from training.architectures import build_architecture
 from training.model import DSCNetConfig, build_dscnet
+from training.recipe import BLUR_SHARE, BLUR_SIGMA_MAX, EPOCHS
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class TrainConfig:
     data_dir: Path
     out_dir: Path
     split: str = "blocks"
-    epochs: int = 20
+    epochs: int = EPOCHS
     batch_size: int = 20
     learning_rate: float = 1e-3
     label_smoothing: float = 0.05
