@@ -33,25 +33,12 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import multipart_request  # noqa: E402
-from service_process import ServiceProcess, resolve_model  # noqa: E402
+from loadgen import multipart_request, read_response  # noqa: E402
+from service_process import ServiceProcess, env_assignment, resolve_model  # noqa: E402
 
 
 def probe_request(host: str) -> bytes:
     return f"GET /health/ready HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-
-
-async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    status_line = await reader.readline()
-    if not status_line:
-        raise ConnectionError("closed")
-    status = int(status_line.split()[1])
-    headers: dict[str, str] = {}
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    await reader.readexactly(int(headers.get("content-length", "0")))
-    return status, headers
 
 
 @dataclass
@@ -102,7 +89,7 @@ async def connection(host: str, port: int, request: bytes, stop_at: float, phase
                 reader, writer = await asyncio.open_connection(host, port)
             start = time.perf_counter()
             writer.write(request)
-            status, headers = await read_answer(reader)
+            status, headers = await read_response(reader)
             phase.record(status, time.perf_counter() - start, headers)
             if headers.get("connection", "").lower() == "close":
                 writer.close()
@@ -126,7 +113,7 @@ async def prober(host: str, port: int, stop_at: float, phase: Phase) -> None:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
             writer.write(probe_request(f"{host}:{port}"))
-            status, _ = await asyncio.wait_for(read_answer(reader), 10)
+            status, _ = await asyncio.wait_for(read_response(reader), 10)
             writer.close()
             phase.probe_latencies.append(time.perf_counter() - start)
             phase.probe_failures += status != 200
@@ -160,7 +147,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="default: models/dscnet.onnx if present, else the tiny test model")
     parser.add_argument("--phases", default="4,32,128,256,4", help="connections per phase, comma-separated")
     parser.add_argument("--phase-s", type=float, default=30)
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+    parser.add_argument("--env", action="append", default=[], type=env_assignment, metavar="NAME=VALUE",
                         help="an environment variable for the service (repeatable)")
     parser.add_argument("--honour-retry-after", action="store_true",
                         help="clients wait Retry-After after a 503 (default: retry at once, the worst case)")
@@ -169,7 +156,7 @@ def main() -> None:
 
     image = smear_like_jpeg()
     phases = [int(n) for n in args.phases.split(",")]
-    env = dict(item.split("=", 1) for item in args.env)
+    env = dict(args.env)
     service = None
     if args.url:
         url = args.url

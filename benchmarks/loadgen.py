@@ -70,27 +70,25 @@ class LoadResult:
         return float(np.percentile(self.latencies_s, q) * 1000) if self.latencies_s else float("nan")
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, float]:
-    """Status, whether the server closes the connection, and its Retry-After in seconds (0 if none)."""
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    """One HTTP/1.1 response: its status and headers (names in lower case); the body is read and dropped."""
     status_line = await reader.readline()
     if not status_line:
         raise ConnectionError("the server closed the connection")
     status = int(status_line.split()[1])
-    length, close, retry_after = 0, False, 0.0
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b""):
-            break
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value.strip())
-        elif name == b"connection" and value.strip().lower() == b"close":
-            close = True
-        elif name == b"retry-after" and value.strip().isdigit():
-            retry_after = float(value.strip())
-    await reader.readexactly(length)
-    return status, close, retry_after
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, float]:
+    """Status, whether the server closes the connection, and its Retry-After in seconds (0 if none)."""
+    status, headers = await read_response(reader)
+    retry_after = headers.get("retry-after", "")
+    return status, headers.get("connection", "").lower() == "close", float(retry_after) if retry_after.isdigit() else 0.0
 
 
 async def _client(host: str, port: int, requests: list[bytes], offset: int, window: _Window,

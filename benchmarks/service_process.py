@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 from helpers_serve import ServiceProcess, free_port  # noqa: E402
 
-__all__ = ["ServiceProcess", "free_port", "resolve_model", "tiny_model"]
+__all__ = ["ServiceProcess", "env_assignment", "free_port", "resolve_model", "tiny_model"]
 
 
 def tiny_model(folder: Path) -> Path:
@@ -28,3 +29,11 @@ def resolve_model(model: Path | None, scratch: Path) -> Path:
         return model
     shipped = REPO_ROOT / "models" / "dscnet.onnx"
     return shipped if shipped.exists() else tiny_model(scratch)
+
+
+def env_assignment(text: str) -> tuple[str, str]:
+    """A NAME=VALUE option value (the scripts' --env) as a pair; anything else is a usage error."""
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value

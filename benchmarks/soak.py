@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from service_process import ServiceProcess, resolve_model  # noqa: E402
+from service_process import ServiceProcess, env_assignment, resolve_model  # noqa: E402
 
 
 def encoded(size: tuple[int, int], fmt: str, seed: int) -> bytes:
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--sample-every-s", type=float, default=30)
     parser.add_argument("--json-out", type=Path, help="also write the figures here")
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+    parser.add_argument("--env", action="append", default=[], type=env_assignment, metavar="NAME=VALUE",
                         help="an environment variable for the service (repeatable), e.g. MALLOC_ARENA_MAX=2")
     args = parser.parse_args()
 
@@ -98,7 +98,7 @@ def main() -> None:
     counts: Counter = Counter()
     lock = threading.Lock()
     stop = threading.Event()
-    env = dict(item.split("=", 1) for item in args.env)
+    env = dict(args.env)
     with ServiceProcess(model, env=env) as service:
         print(f"service {service.url} pid {service.pid}, model {model}, {args.concurrency} clients, "
               f"{args.duration_s:.0f} s after a {args.warmup_s:.0f} s warm-up, env {env}", flush=True)
