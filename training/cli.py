@@ -26,27 +26,29 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("DSCNET_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "all-taleqani"))
 
 
-def _needs_training_extra(command: str):
+def _needs(command: str, *modules: str) -> None:
+    """Import `modules` or stop with one line that names the install command (no traceback)."""
+    import importlib
+
     try:
-        import tensorflow  # noqa: F401
-        import tf2onnx  # noqa: F401
-        import sklearn  # noqa: F401
-        import matplotlib  # noqa: F401
+        for module in modules:
+            importlib.import_module(module)
     except ImportError:
         print(MISSING_EXTRA.format(command=command), file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def _needs_keras_backend(command: str):
-    try:
-        import importlib
+def _needs_training_extra(command: str) -> None:
+    """Export, evaluation and the reports: TensorFlow, tf2onnx, scikit-learn, matplotlib."""
+    _needs(command, "tensorflow", "tf2onnx", "sklearn", "matplotlib")
 
-        import keras
 
-        importlib.import_module(keras.backend.backend())  # tensorflow, jax or torch
-    except ImportError:
-        print(MISSING_EXTRA.format(command=command), file=sys.stderr)
-        raise SystemExit(2) from None
+def _needs_keras_backend(command: str) -> None:
+    """Training and cross-validation: Keras and whichever backend it is set to (TensorFlow, JAX)."""
+    _needs(command, "keras")
+    import keras
+
+    _needs(command, keras.backend.backend())
 
 
 def _setup_logging() -> None:
