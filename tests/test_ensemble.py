@@ -138,8 +138,8 @@ def test_crossval_fold_of_two_runs_is_scored_by_their_mean_probability(tmp_path,
     outputs = {runs[0].name: 0.4 * wrong + 0.2 * truth, runs[1].name: 0.7 * truth + 0.1 * wrong}
     monkeypatch.setattr(training.model, "load_keras_model", lambda path: path.parent.name)
     monkeypatch.setattr(training.model, "predict_probabilities", lambda name, images: outputs[name])
-    assert held_out_accuracy(runs[0], data)["accuracy"] == 0.0
-    assert held_out_accuracy(runs[1], data)["accuracy"] == 1.0
+    assert held_out_accuracy([runs[0]], data)["accuracy"] == 0.0
+    assert held_out_accuracy([runs[1]], data)["accuracy"] == 1.0
     outputs[runs[1].name] = 0.3 * truth + 0.35 * wrong  # now the mean is wrong everywhere
     assert held_out_accuracy(runs, data)["accuracy"] == 0.0
     outputs[runs[1].name] = 0.7 * truth + 0.1 * wrong

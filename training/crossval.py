@@ -56,12 +56,11 @@ def write_folds(manifest: Path, folds: int, out: Path, seed: int = 0) -> list[Pa
     return paths
 
 
-def held_out_accuracy(runs: Path | list[Path], data_dir: Path) -> dict:
+def held_out_accuracy(members: list[Path], data_dir: Path) -> dict:
     """Accuracy on a fold's test blocks (run/split.csv) of a trained model (run/model.keras) or,
     given several runs of that fold, of their mean probability: the fold as a seed ensemble."""
     from training.model import load_keras_model, predict_probabilities  # imports Keras
 
-    members = [runs] if isinstance(runs, Path) else list(runs)
     manifests = {(run / "split.csv").read_bytes() for run in members}
     if len(manifests) > 1:
         raise ValueError(f"runs of different folds cannot be averaged: {' + '.join(map(str, members))}")
