@@ -32,14 +32,14 @@ for spec in "$@"; do
 done
 wait
 echo "all runs ended after $(( $(date +%s) - started )) s"
+names=()
 for spec in "$@"; do
     name=${spec%%:*}
+    names+=("$name")
     if [ -f "runs-device/$name/model.keras" ]; then status=done; else status=FAILED; fi
     echo "$name $status: $(grep -E '^Epoch|val_loss' "runs-device/$name.log" | tail -1)"
     grep -E 'trained in|Error|error' "runs-device/$name.log" | tail -2
 done
-names=()
-for spec in "$@"; do names+=("${spec%%:*}"); done
 per_pack=${RUNS_PER_PACK:-6}
 for ((i = 0; i < ${#names[@]}; i += per_pack)); do
     pack=()
