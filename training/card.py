@@ -12,7 +12,7 @@ from app.labels import CLASS_IDS, CLASS_NAMES
 from training.data import split_seed
 
 MODEL_NAME = "dscnet"
-MODEL_VERSION = "2.1.0"
+MODEL_VERSION = "2.2.0"
 # what a run trained before the hardware was recorded ran on: this project's 2-core CPU
 UNRECORDED_HARDWARE = "CPU (2 cores)"
 

@@ -6,6 +6,6 @@ command line shows the same values, so the three cannot drift apart.
 
 from __future__ import annotations
 
-EPOCHS = 20  # the paper's; the shipped 2.1.0 was trained with --epochs 40 (models/selection-notes.md)
-BLUR_SHARE = 0.25  # share of images blurred, with one Gaussian sigma per batch from 0.5 to BLUR_SIGMA_MAX
-BLUR_SIGMA_MAX = 1.5
+EPOCHS = 20  # the paper's; the shipped 2.2.0 was trained with --epochs 40 (models/selection-notes.md)
+BLUR_SHARE = 0.4  # share of images blurred, with one Gaussian sigma per batch from 0.5 to BLUR_SIGMA_MAX
+BLUR_SIGMA_MAX = 2.0
