@@ -2,7 +2,8 @@
 
 1. the model alone: onnxruntime images/s at batch 1, 4, 8, 16, 32 on preprocessed float
    tensors, with the service's own session (`load_classifier`); decode+resize ms per image
-   for dataset JPEGs and for a 2000x1500 camera-like JPEG made in code;
+   for dataset JPEGs and for a 2000x1500 camera-like JPEG made in code, and the quality
+   checks' ms per decoded image;
 2. the service (`dscnet serve` in a child process) over loopback HTTP: /predict at each
    concurrency (p50, p99, images/s, errors), /predict-batch images/s, its RSS under load;
    once per configuration (the shipped defaults, micro-batching on, and optionally others:
@@ -39,6 +40,7 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]
 from app.classifier import OnnxClassifier, load_classifier  # noqa: E402
 from app.cpus import available_cpus  # noqa: E402
 from app.imaging import decode_image  # noqa: E402
+from app.quality import assess_quality  # noqa: E402
 from loadgen import ChildServer, LoadResult, MemorySampler, free_port, multipart_request, run_load  # noqa: E402
 
 BATCH_SIZES = (1, 4, 8, 16, 32)
@@ -114,9 +116,10 @@ def parallel_runs(classifier: OnnxClassifier, tensors: np.ndarray, batch: int, r
     return sum(counts) / (time.perf_counter() - start)
 
 
-def decode_ms(images: list[bytes], seconds: float) -> float:
-    per_round, _ = time_calls(lambda: [decode_image(d) for d in images], seconds, min_calls=2)
-    return per_round / len(images) * 1000
+def per_item_ms(step, items: list, seconds: float) -> float:
+    """Milliseconds per item of `step(item)` over all `items`, repeated for about `seconds`."""
+    per_round, _ = time_calls(lambda: [step(item) for item in items], seconds, min_calls=2)
+    return per_round / len(items) * 1000
 
 
 # -- 2 and 3. servers over HTTP -------------------------------------------------------------
@@ -185,7 +188,7 @@ def keras_server(keras_model: Path) -> ChildServer:
 
 
 def print_report(args: argparse.Namespace, per_run: dict[int, tuple[float, float]], parallel: dict[int, float],
-                 dataset_decode_ms: float, camera_decode_ms: float, servers: list[ServerFigures],
+                 dataset_decode_ms: float, camera_decode_ms: float, quality_ms: float, servers: list[ServerFigures],
                  threads: int, int8_per_run: dict[int, tuple[float, float]]) -> None:
     cpus = available_cpus()
     print("\n## Model alone (onnxruntime, the service's session options, float32 tensors ready)\n")
@@ -203,6 +206,7 @@ def print_report(args: argparse.Namespace, per_run: dict[int, tuple[float, float
     print(f"\nmodel-alone best: {best:.1f} images/s; batch-1 latency {batch1_ms:.1f} ms")
     print(f"decode+resize (decode_image): dataset JPEGs {dataset_decode_ms:.2f} ms/image, "
           f"2000x1500 camera JPEG {camera_decode_ms:.1f} ms/image")
+    print(f"quality checks (assess_quality, on the decoded dataset images): {quality_ms:.2f} ms/image")
     # CPU-seconds per image if the CPUs did decode and the model, nothing else:
     bound = cpus / (cpus / best + dataset_decode_ms / 1000)
     print(f"model + decode bound on {cpus} CPUs: {bound:.1f} images/s")
@@ -300,9 +304,11 @@ def main() -> None:
         int8 = load_classifier(args.int8, args.int8.with_suffix(".json"), threads)
         int8_per_run = model_alone(int8, tensors, seconds=2.0)
         del int8
-    dataset_decode = decode_ms([d for _, d in images], seconds=2.0)
+    dataset_decode = per_item_ms(decode_image, [d for _, d in images], seconds=2.0)
     camera = camera_jpeg()
-    camera_decode = decode_ms([camera], seconds=2.0)
+    camera_decode = per_item_ms(decode_image, [camera], seconds=2.0)
+    # the service's other per-image step before the model (not in the targets' decode figure)
+    quality = per_item_ms(assess_quality, [decode_image(d) for _, d in images], seconds=2.0)
     print(f"model alone and decode done; load average {load_average()}", flush=True)
 
     configs: list[tuple[str, Path, dict[str, str], str]] = []
@@ -333,7 +339,7 @@ def main() -> None:
             served = httpx.get(server.url + "/info").json()["model"]
             servers.append(measure_server(server, "keras", f"Keras model.predict in FastAPI: {served}",
                                           images, args.concurrency, args.duration_s, None))
-    print_report(args, per_run, parallel, dataset_decode, camera_decode, servers, threads, int8_per_run)
+    print_report(args, per_run, parallel, dataset_decode, camera_decode, quality, servers, threads, int8_per_run)
     print(f"\nload average at the end: {load_average()}")
 
 
