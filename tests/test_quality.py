@@ -76,6 +76,23 @@ def test_measures_are_those_of_the_module_table() -> None:
     assert flat.laplacian_var < FOCUS_MIN_LAPLACIAN_VAR
 
 
+@pytest.mark.parametrize("image", ["smear", "landscape", "noise"])
+def test_measures_equal_the_textbook_statistics(image: str) -> None:
+    """measure() builds grey and the Laplacian in place in float32; the statistics must be those
+    of ITU-R 601 grey and the 4-neighbour Laplacian computed plainly in float64."""
+    pixels = {"smear": smears.smear(3), "landscape": smears.landscape(1),
+              "noise": np.random.default_rng(5).integers(0, 256, (224, 224, 3), dtype=np.uint8)}[image]
+    grey = pixels.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    laplacian = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4 * grey[1:-1, 1:-1]
+    found = measure(pixels)
+    assert found.laplacian_var == pytest.approx(laplacian.var(), rel=1e-4)
+    assert found.mean_grey == pytest.approx(grey.mean(), rel=1e-5)
+    assert found.std_grey == pytest.approx(grey.std(), rel=1e-4)
+    assert found.p90_grey == pytest.approx(np.sort(grey.ravel())[int(0.9 * (grey.size - 1))], abs=1e-3)
+    assert found.dark_share == np.count_nonzero(pixels.max(axis=2) <= 10) / grey.size
+    assert found.clipped_share == np.count_nonzero(pixels.min(axis=2) >= 250) / grey.size
+
+
 @pytest.mark.slow
 def test_no_real_smear_draws_a_warning(data_dir: Path) -> None:
     """The thresholds were set outside the range of the whole dataset; keep it that way."""
