@@ -293,7 +293,8 @@ def main() -> None:
           f"source {git_describe(args.src)}",
           flush=True)
 
-    tensors = np.stack([decode_image(d) for _, d in images]).astype(np.float32)
+    decoded = [decode_image(d) for _, d in images]
+    tensors = np.stack(decoded).astype(np.float32)
     classifier = load_classifier(args.model, args.model.with_suffix(".json"), threads)
     per_run = model_alone(classifier, tensors, seconds=2.0)
     single = load_classifier(args.model, args.model.with_suffix(".json"), 1)
@@ -308,7 +309,7 @@ def main() -> None:
     camera = camera_jpeg()
     camera_decode = per_item_ms(decode_image, [camera], seconds=2.0)
     # the service's other per-image step before the model (not in the targets' decode figure)
-    quality = per_item_ms(assess_quality, [decode_image(d) for _, d in images], seconds=2.0)
+    quality = per_item_ms(assess_quality, decoded, seconds=2.0)
     print(f"model alone and decode done; load average {load_average()}", flush=True)
 
     configs: list[tuple[str, Path, dict[str, str], str]] = []
