@@ -15,6 +15,7 @@ the same CPUs as the servers, as any loopback benchmark does.
     python benchmarks/bench_compare.py --model models/dscnet.onnx
     python benchmarks/bench_compare.py --tree before=/tmp/dscnet-before --duration-s 15
     python benchmarks/bench_compare.py --config small:DSCNET_BATCH_MAX_SIZE=8 --skip-keras
+    python benchmarks/bench_compare.py --config two-workers:WEB_CONCURRENCY=2 --only two-workers
     python benchmarks/bench_compare.py --int8 models/dscnet-int8.onnx     # after python -m training.quantize
 """
 
@@ -165,12 +166,21 @@ def with_cpu(server: ChildServer, load) -> LoadResult:
 
 
 def dscnet_server(src: Path, model: Path, env: dict[str, str]) -> ChildServer:
-    """`dscnet serve` from the source tree `src`; DSCNET_MODEL_PATH in `env` replaces `model`."""
+    """`dscnet serve` from the source tree `src`; DSCNET_MODEL_PATH in `env` replaces `model`.
+
+    With WEB_CONCURRENCY in `env`, the container's start command (docker/serve.py) instead, which
+    runs that many uvicorn workers; CPU and memory are then those of all its processes.
+    """
     port = free_port()
-    model = Path(env.get("DSCNET_MODEL_PATH", model))
+    model = Path(env.get("DSCNET_MODEL_PATH", model)).resolve()
+    if "WEB_CONCURRENCY" in env:
+        command = [sys.executable, str(src / "docker" / "serve.py")]
+    else:
+        command = [sys.executable, "-m", "dscnet_cli", "serve", "--model", str(model)]
     return ChildServer(
-        [sys.executable, "-m", "dscnet_cli", "serve", "--model", str(model.resolve())], port, "/health/ready",
+        command, port, "/health/ready",
         cwd=src, env={"DSCNET_PORT": str(port), "DSCNET_HOST": "127.0.0.1", "DSCNET_LOG_LEVEL": "info", **env,
+                      "DSCNET_MODEL_PATH": str(model),
                       "PYTHONPATH": os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH")) if p)},
     )
 

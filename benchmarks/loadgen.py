@@ -188,17 +188,41 @@ class ChildServer:
         self.stop()
         raise RuntimeError(f"{command} was not ready within {start_timeout_s} s:\n{self.log_tail()}")
 
+    def pids(self) -> list[int]:
+        """The child and every process under it (uvicorn's workers, when it runs several)."""
+        found, todo = [], [self.process.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            try:
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    todo += [int(child) for child in (task / "children").read_text().split()]
+            except FileNotFoundError:  # exited meanwhile
+                continue
+        return found
+
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the child, all threads, from /proc."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time of the child and its processes, all threads, from /proc."""
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def memory_mib(self, key: str = "VmRSS") -> float:
-        """VmRSS (resident now) or VmHWM (peak resident) of the child, MiB."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """VmRSS (resident now) or VmHWM (peak resident) of the child, MiB; summed over its processes
+        when it has several (an upper bound: pages they share are counted in each)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except FileNotFoundError:
+                continue
+            total += sum(int(line.split()[1]) for line in lines if line.startswith(key + ":"))
+        return total / 1024 if total else float("nan")
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

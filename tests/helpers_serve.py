@@ -34,16 +34,24 @@ class ServiceProcess:
 
     def __init__(
         self, model: Path, env: dict[str, str] | None = None, *, log_path: Path | None = None,
-        start_timeout_s: float = 120,
+        start_timeout_s: float = 120, command: list[str] | None = None,
     ) -> None:
-        """Start it and wait until /health/ready answers 200 (the bound is on waiting, not speed)."""
+        """Start it and wait until /health/ready answers 200 (the bound is on waiting, not speed).
+
+        Args:
+            command: another start command (the container's docker/serve.py); it is given the
+                model as DSCNET_MODEL_PATH instead of `--model`.
+        """
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="dscnet-serve-", suffix=".log")[1])
         port = free_port()
         child_env = {**os.environ, "DSCNET_PORT": str(port), "DSCNET_HOST": "127.0.0.1", **(env or {})}
+        if command is None:
+            command = [sys.executable, "-m", "dscnet_cli", "serve", "--model", str(model)]
+        else:
+            child_env["DSCNET_MODEL_PATH"] = str(model)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "dscnet_cli", "serve", "--model", str(model)],
-                cwd=REPO_ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+                command, cwd=REPO_ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT,
             )
         self.url = f"http://127.0.0.1:{port}"
         try:

@@ -7,21 +7,28 @@ environment variable the service does not read, fails here rather than in a clus
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kubernetes_validate
 import pytest
+import uvicorn
 import yaml
+from helpers_images import solid
+from helpers_serve import ServiceProcess
 
 from app.api import v2
+from app.labels import CLASS_IDS
 from app.main import create_app
 from app.metrics import Metrics
 from app.settings import Settings
@@ -169,6 +176,55 @@ def test_worker_count_refuses_nonsense(value: str) -> None:
 @pytest.mark.parametrize(("cpus", "workers", "share"), [(2, 1, 2), (2, 2, 1), (8, 3, 2), (1, 4, 1)])
 def test_the_workers_cpus_fit_the_cpus(cpus: int, workers: int, share: int) -> None:
     assert load_serve_module().cpus_per_worker(cpus, workers) == share
+
+
+def test_the_workers_listener_turns_nagle_off() -> None:
+    """A connection accepted on it has TCP_NODELAY, as with one worker (uvicorn issue #3149)."""
+    config = uvicorn.Config("app.main:app", host="127.0.0.1", port=0)
+    listener = load_serve_module().nodelay_listener(config.bind_socket())
+
+    async def accepted_nodelay() -> int:
+        loop = asyncio.get_running_loop()
+        seen: asyncio.Future[int] = loop.create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await loop.create_server(Probe, sock=listener)
+        async with server:
+            _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+            try:
+                return await asyncio.wait_for(seen, 30)
+            finally:
+                writer.close()
+
+    assert listener.proto == socket.IPPROTO_TCP
+    assert asyncio.run(accepted_nodelay()) != 0
+
+
+def test_two_workers_answer_on_one_connection_and_stop_cleanly(tiny_model: Path) -> None:
+    command = [sys.executable, str(DOCKER / "serve.py")]
+    env = {"WEB_CONCURRENCY": "2", "DSCNET_LOG_LEVEL": "warning"}
+    with ServiceProcess(tiny_model, env, command=command) as service:
+        workers = worker_pids(service.pid)
+        assert len(workers) == 2
+        with httpx.Client(base_url=service.url, timeout=60) as client:  # one keep-alive connection
+            for colour in ((200, 40, 120), (90, 160, 210), (250, 250, 250)):
+                response = client.post("/predict", files={"image": ("smear.png", solid(colour), "image/png")})
+                assert response.status_code == 200, response.text
+                assert set(response.json()["probabilities"]) == set(CLASS_IDS)
+        assert service.stop() == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The worker processes uvicorn started under `pid` (Linux /proc; not multiprocessing's helpers)."""
+    children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]
+    return [child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
 
 
 def test_log_config_uses_the_service_formatter() -> None:
