@@ -13,6 +13,8 @@ run uvicorn's process manager with the same JSON log lines, after the model has 
 checks once here: uvicorn restarts a worker whose start-up failed, forever, instead of
 exiting. Each worker has its own metrics registry, so /metrics shows the worker that
 answered the scrape: scale out with replicas (compose, Kubernetes) when the metrics matter.
+The workers drain within DSCNET_SHUTDOWN_TIMEOUT_S as one does, but they are uvicorn's own
+servers: readiness turns false when a worker's drain ends, not when it begins (app.server).
 """
 
 from __future__ import annotations
@@ -49,6 +51,17 @@ def log_config(level: str) -> dict:
         "root": {"handlers": ["stderr"], "level": level.upper()},
         "loggers": {name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.error")},
     }
+
+
+def workers_config(settings, workers: int):  # (app.settings.Settings, int) -> uvicorn.Config
+    """uvicorn's configuration for `workers` processes, with the settings `dscnet serve` applies."""
+    import uvicorn
+
+    return uvicorn.Config(
+        "app.main:app", host=settings.host, port=settings.port, workers=workers,
+        log_config=log_config(settings.log_level), log_level=settings.log_level, access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+    )
 
 
 def nodelay_listener(sock: socket.socket) -> socket.socket:
@@ -93,15 +106,11 @@ def main() -> int:
     except ModelLoadError as err:
         print(f"dscnet container: the model could not be loaded: {err}", file=sys.stderr)
         return 1
-    import uvicorn
     from uvicorn.supervisors import Multiprocess
 
     # The workers read DSCNET_* (their CPUs included) from the environment set above. This is
     # uvicorn.run's multi-worker path, with the listener's protocol set (nodelay_listener).
-    config = uvicorn.Config(
-        "app.main:app", host=settings.host, port=settings.port, workers=workers,
-        log_config=log_config(settings.log_level), log_level=settings.log_level, access_log=False,
-    )
+    config = workers_config(settings, workers)
     Multiprocess(config, sockets=[nodelay_listener(config.bind_socket())]).run()
     return 0
 

@@ -178,6 +178,13 @@ def test_the_workers_cpus_fit_the_cpus(cpus: int, workers: int, share: int) -> N
     assert load_serve_module().cpus_per_worker(cpus, workers) == share
 
 
+def test_the_workers_config_keeps_the_services_settings(tiny_model: Path) -> None:
+    settings = Settings(model_path=tiny_model, port=8123, shutdown_timeout_s=7.5, log_level="warning")
+    config = load_serve_module().workers_config(settings, 3)
+    assert (config.workers, config.port, config.timeout_graceful_shutdown) == (3, 8123, 7.5)
+    assert config.access_log is False and config.log_level == "warning"
+
+
 def test_the_workers_listener_turns_nagle_off() -> None:
     """A connection accepted on it has TCP_NODELAY, as with one worker (uvicorn issue #3149)."""
     config = uvicorn.Config("app.main:app", host="127.0.0.1", port=0)
