@@ -36,14 +36,14 @@ class ServiceState:
     access: AccessPolicy | None = None
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_classifier(state: StateDep) -> OnnxClassifier:
+async def get_classifier(state: StateDep) -> OnnxClassifier:
     if not state.ready or state.classifier is None:
         raise ModelNotReadyError(state.not_ready_reason)
     return state.classifier
@@ -52,7 +52,7 @@ def get_classifier(state: StateDep) -> OnnxClassifier:
 ClassifierDep = Annotated[OnnxClassifier, Depends(get_classifier)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     if state.settings is None:
         raise ModelNotReadyError(state.not_ready_reason)
     return state.settings

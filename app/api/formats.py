@@ -32,7 +32,7 @@ class AnswerFormat:
     order_id: str | None
 
 
-def answer_format(
+async def answer_format(
     format: Annotated[ResponseFormat | None, Query(
         description="Answer format: json (default), fhir (FHIR R4 DiagnosticReport) or hl7 (HL7 v2.5.1 ORU^R01). "
         "Wins over the Accept header."

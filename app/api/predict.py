@@ -1,7 +1,10 @@
 """POST /predict and POST /predict-batch.
 
-The routes are plain `def`: FastAPI runs them in its thread pool, so decoding and inference
-never block the event loop. The uploads are read before, asynchronously, by the dependencies.
+The uploads are read asynchronously by the dependencies; decoding, the quality checks and
+inference (`classify_uploads`) then run in the thread pool, so they never block the event loop.
+The rest of a route (building and serialising the answer) is cheap and stays on the loop: a
+plain `def` route would cost a second hand-off to the pool and back for the response
+validation alone (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import (
     BatchUploadsDep,
@@ -73,7 +77,7 @@ def _ok(example: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
     },
     openapi_extra=_upload_body("image", many=False),
 )
-def predict(
+async def predict(
     request: Request,
     state: StateDep,
     classifier: ClassifierDep,
@@ -83,8 +87,8 @@ def predict(
     explain: Annotated[bool, Query(description="Add the heatmap of the predicted class (app.explain).")] = False,
 ) -> Prediction | Response:
     """Classify one image sent as multipart/form-data in the field `image`; JSON, FHIR R4 or HL7 v2.5.1."""
-    outcome = classify_uploads(
-        classifier, [upload], max_pixels=settings.max_pixels, batcher=state.batcher, explain=explain
+    outcome = await run_in_threadpool(
+        classify_uploads, classifier, [upload], max_pixels=settings.max_pixels, batcher=state.batcher, explain=explain
     )
     timing = _timing(request, outcome)
     record_outcome(request, state, "/predict", outcome)
@@ -109,11 +113,13 @@ def predict(
     responses={**_ok(BATCH_EXAMPLE), **error_responses("images")},
     openapi_extra=_upload_body("images", many=True),
 )
-def predict_batch(
+async def predict_batch(
     request: Request, state: StateDep, classifier: ClassifierDep, settings: SettingsDep, uploads: BatchUploadsDep
 ) -> BatchPrediction:
     """Classify several images (field `images`, repeated) in one model run; results in the order sent."""
-    outcome = classify_uploads(classifier, uploads, max_pixels=settings.max_pixels, batcher=state.batcher)
+    outcome = await run_in_threadpool(
+        classify_uploads, classifier, uploads, max_pixels=settings.max_pixels, batcher=state.batcher
+    )
     timing = _timing(request, outcome)
     record_outcome(request, state, "/predict-batch", outcome)
     results = []

@@ -151,7 +151,7 @@ class ServerMetadata(BaseModel):
     extensions: list[str]
 
 
-def served_model(model_name: str) -> str:
+async def served_model(model_name: str) -> str:
     """The model named in the path, if it is the one this server serves."""
     if model_name != MODEL_NAME:
         raise InferenceRequestError(f"unknown model {model_name!r}; this server serves {MODEL_NAME!r}", 404)
