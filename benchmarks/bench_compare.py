@@ -265,6 +265,13 @@ def parse_assignments(text: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in text.split(",") if item)
 
 
+def parse_tree(spec: str) -> tuple[str, Path, dict[str, str]]:
+    """`NAME=PATH[:VAR=VALUE,...]` (a --tree value) as its name, source tree and settings."""
+    name, _, rest = spec.partition("=")
+    path, _, assignments = rest.partition(":")
+    return name, Path(path), parse_assignments(assignments)
+
+
 def git_describe(tree: Path) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True)
     return f"{tree} at {commit.stdout.strip()}" if commit.returncode == 0 else f"{tree} (not a git checkout)"
@@ -324,10 +331,8 @@ def main() -> None:
 
     configs: list[tuple[str, Path, dict[str, str], str]] = []
     for spec in args.tree:
-        name, _, rest = spec.partition("=")
-        path, _, assignments = rest.partition(":")
-        env = parse_assignments(assignments)
-        configs.append((name, Path(path), env, f"the service from {path} {' '.join(f'{k}={v}' for k, v in env.items())}"))
+        name, path, env = parse_tree(spec)
+        configs.append((name, path, env, f"the service from {path} {' '.join(f'{k}={v}' for k, v in env.items())}"))
     configs.append(("service", args.src, {}, "the shipped defaults (micro-batching off)"))
     configs.append(("batched", args.src, {"DSCNET_BATCHING": "true"}, "micro-batching on"))
     if args.int8:
