@@ -17,9 +17,15 @@ from starlette.types import Scope, Send
 
 from app.batching import BatcherStoppedError, OverloadedError
 from app.explain import ExplanationUnavailableError
-from app.imaging import CorruptImageError, ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from app.imaging import (
+    CorruptImageError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
 from app.lis.negotiate import NotAcceptableError
 from app.uploads import (
+    BodyTimeoutError,
     EmptyFileError,
     ExtraFileError,
     FileTooLargeError,
@@ -28,6 +34,7 @@ from app.uploads import (
     NotMultipartError,
     RequestTooLargeError,
     TooManyFilesError,
+    UnexpectedFieldError,
     UploadError,
 )
 
@@ -52,6 +59,8 @@ HTTP_STATUS: dict[type[Exception], int] = {
     FileTooLargeError: 413,
     RequestTooLargeError: 413,
     TooManyFilesError: 413,
+    UnexpectedFieldError: 422,
+    BodyTimeoutError: 408,
     UploadError: 400,
     ModelNotReadyError: 503,
     BatcherStoppedError: 503,

@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(
         32, ge=1, le=10_000, description="Requests in progress at once; beyond: 503 overloaded at once."
     )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds a request body may take to arrive; then 408 body_timeout (a stalled client "
+        "frees its admission slot).",
+    )
     shutdown_timeout_s: float = Field(
         20.0, gt=0, le=3600, description="On SIGTERM, how long in-flight requests may take to finish."
     )

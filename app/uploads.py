@@ -2,8 +2,11 @@
 
 The request body is streamed through python-multipart's parser chunk by chunk; reading stops
 as soon as a limit is crossed (the declared Content-Length is checked before any byte is
-read). Only parts of the expected field are kept, each capped at the per-file limit; nothing
-is ever spooled to disk. Starlette's own form parsing is not used because it would spool
+read). Only parts of the expected field are accepted, each capped at the per-file limit; a part in
+any other field is refused (422), never silently skipped; nothing is ever spooled to disk.
+The whole body must arrive within `body_timeout_s` (408 otherwise): a client that stalls
+mid-upload would otherwise hold its admission slot (app.admission) for as long as its
+connection stays open, and a dead peer's half-open connection does so forever. Starlette's own form parsing is not used because it would spool
 files over 1 MiB to a temporary file and could not stop at the Nth file of a batch.
 
 Exceptions (`reason` is the stable code in the error body, `field` the form field):
@@ -16,17 +19,22 @@ Exceptions (`reason` is the stable code in the error body, `field` the form fiel
       +-- FileTooLargeError      (413: one file over the per-file limit)
       +-- RequestTooLargeError   (413: the whole body over its limit)
       +-- TooManyFilesError      (413: more files than the batch limit)
+      +-- UnexpectedFieldError   (422: a part in a field the endpoint does not read)
+      +-- BodyTimeoutError       (408: the body did not arrive within its time limit)
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 MAX_FILENAME_CHARS = 255
+MAX_FIELD_NAME_CHARS = 64  # of an unexpected field's name, quoted in its error
 
 
 class UploadError(ValueError):
@@ -69,6 +77,14 @@ class TooManyFilesError(UploadError):
     reason = "too_many_files"
 
 
+class UnexpectedFieldError(UploadError):
+    reason = "unexpected_field"
+
+
+class BodyTimeoutError(UploadError):
+    reason = "body_timeout"
+
+
 @dataclass
 class Upload:
     """One part of the expected field: its bytes, or the error that stopped us keeping them."""
@@ -86,6 +102,21 @@ class UploadLimits:
     max_body_bytes: int
     #: True for batches: an oversized or empty file becomes that item's error, not the request's.
     per_file_errors: bool = False
+    #: seconds the whole body may take to arrive (DSCNET_BODY_TIMEOUT_S)
+    body_timeout_s: float = 60.0
+
+
+@asynccontextmanager
+async def body_deadline(timeout_s: float, field: str) -> AsyncIterator[None]:
+    """Raise `BodyTimeoutError` if the body read inside takes longer than `timeout_s`."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError as err:
+        raise BodyTimeoutError(
+            f"the request body did not arrive within {timeout_s:g} s; the connection stalled or is too slow",
+            field,
+        ) from err
 
 
 def check_declared_size(content_type: str | None, content_length: str | None, limits: UploadLimits) -> bytes:
@@ -116,16 +147,17 @@ async def read_uploads(
     except ValueError as err:  # FormParserError: e.g. a boundary over 70 bytes
         raise MalformedUploadError(f"the multipart boundary is invalid: {err}", limits.field) from err
     received = 0
-    async for chunk in chunks:
-        received += len(chunk)
-        if received > limits.max_body_bytes:
-            raise RequestTooLargeError(
-                f"the request body is over the limit of {limits.max_body_bytes:,} bytes", limits.field
-            )
-        try:
-            parser.write(chunk)
-        except MultipartParseError as err:
-            raise MalformedUploadError(f"the multipart body is malformed: {err}", limits.field) from err
+    async with body_deadline(limits.body_timeout_s, limits.field):
+        async for chunk in chunks:
+            received += len(chunk)
+            if received > limits.max_body_bytes:
+                raise RequestTooLargeError(
+                    f"the request body is over the limit of {limits.max_body_bytes:,} bytes", limits.field
+                )
+            try:
+                parser.write(chunk)
+            except MultipartParseError as err:
+                raise MalformedUploadError(f"the multipart body is malformed: {err}", limits.field) from err
     parser.finalize()
     if not collector.ended:
         raise MalformedUploadError("the multipart body ended before its closing boundary", limits.field)
@@ -177,8 +209,16 @@ class _PartCollector:
 
     def _headers_finished(self) -> None:
         _, options = parse_options_header(self._disposition)
-        if options.get(b"name", b"").decode("utf-8", "replace") != self.limits.field:
-            return  # another field: its bytes are skipped, not kept
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        if name != self.limits.field:
+            # Skipping it would drop what the client sent without a word (a file under a
+            # misspelt name, or data it expects us to use): refuse the request instead.
+            name = name[:MAX_FIELD_NAME_CHARS]
+            shown = f"the field {name!r}" if name else "a part with no field name"
+            raise UnexpectedFieldError(
+                f"{shown} is not read by this endpoint; send the image(s) in {self.limits.field!r} only",
+                name or self.limits.field,
+            )
         if len(self.uploads) + 1 > self.limits.max_files:
             if self.limits.max_files == 1:
                 raise ExtraFileError(

@@ -2,27 +2,63 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
 from fastapi.testclient import TestClient
 
+HANG_GUARD_S = 60  # reached only when something is broken
+MULTIPART = b"multipart/form-data; boundary=XyZ"
+#: the start of a /predict upload: part headers and the first two bytes of a JPEG
+PART_START = b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n\xff\xd8'
 
-def post_endless_body(client: TestClient, headers: list[tuple[bytes, bytes]]) -> tuple[list[dict], list[dict]]:
-    """POST /predict whose body never ends; return (body messages pulled, messages sent back)."""
-    pulled: list[dict] = []
+
+def asgi_post(
+    client: TestClient, path: str, headers: list[tuple[bytes, bytes]], receive: Callable[[], Awaitable[dict]]
+) -> list[dict]:
+    """POST `path` with the body `receive` gives; return the messages the app sent back."""
     sent: list[dict] = []
-
-    async def receive() -> dict:
-        message = {"type": "http.request", "body": b"\0" * 65536, "more_body": True}
-        pulled.append(message)
-        return message
 
     async def send(message: dict) -> None:
         sent.append(message)
 
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/predict", "raw_path": b"/predict", "root_path": "", "query_string": b"",
-        "headers": [(b"content-type", b"multipart/form-data; boundary=XyZ"), *headers],
-        "client": ("127.0.0.1", 1), "server": ("testserver", 80),
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+        "headers": headers, "client": ("127.0.0.1", 1), "server": ("testserver", 80),
     }
     client.portal.call(client.app, scope, receive, send)
-    return pulled, sent
+    return sent
+
+
+def post_endless_body(client: TestClient, headers: list[tuple[bytes, bytes]]) -> tuple[list[dict], list[dict]]:
+    """POST /predict whose body never ends; return (body messages pulled, messages sent back)."""
+    pulled: list[dict] = []
+
+    async def receive() -> dict:
+        message = {"type": "http.request", "body": b"\0" * 65536, "more_body": True}
+        pulled.append(message)
+        return message
+
+    headers = [(b"content-type", MULTIPART), *headers]
+    return pulled, asgi_post(client, "/predict", headers, receive)
+
+
+def post_stalled_body(
+    client: TestClient, path: str, content_type: bytes, first: bytes, on_first_read: Callable[[], None] = lambda: None
+) -> list[dict]:
+    """POST whose body stops after its first chunk, the connection left open: a stalled client.
+
+    The second read waits (up to HANG_GUARD_S, then reports a disconnect); `on_first_read` is
+    called when the app pulls the first chunk. Returns the messages the app sent back.
+    """
+    chunks = [first]
+
+    async def receive() -> dict:
+        if chunks:
+            on_first_read()
+            return {"type": "http.request", "body": chunks.pop(), "more_body": True}
+        await asyncio.sleep(HANG_GUARD_S)
+        return {"type": "http.disconnect"}
+
+    return asgi_post(client, path, [(b"content-type", content_type)], receive)

@@ -66,11 +66,12 @@ def test_batch_matches_single_predictions(client: TestClient, real_images: dict[
             assert math.isclose(result["probabilities"][class_id], p, abs_tol=1e-6)
 
 
-def test_missing_images_field_is_422(client: TestClient) -> None:
+def test_images_under_another_field_are_422(client: TestClient) -> None:
     response = post_batch(client, [("a.png", images.solid((1, 1, 1)))], field="image")
     assert response.status_code == 422
     assert response.json()["error"] | {"detail": ""} == {
-        "status": 422, "code": "missing_field", "field": "images", "detail": ""}
+        "status": 422, "code": "unexpected_field", "field": "image", "detail": ""}
+    assert "'images'" in response.json()["error"]["detail"]
 
 
 @pytest.fixture

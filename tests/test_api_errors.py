@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 import helpers_images as images
-from helpers_asgi import post_endless_body
+from helpers_asgi import MULTIPART, PART_START, post_endless_body, post_stalled_body
 from app.main import create_app
 from app.settings import Settings
 
@@ -51,9 +52,23 @@ def test_a_bomb_does_not_hurt_the_server(client: TestClient) -> None:
 
 
 def test_missing_field_is_422(client: TestClient) -> None:
-    response = client.post("/predict", files={"picture": ("a.png", images.solid((1, 1, 1)), "image/png")})
+    response = client.post("/predict", content=b"--XyZ--\r\n",
+                           headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
     error = assert_error(response, 422, "missing_field")
     assert "'image'" in error["detail"]
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict-batch"])
+def test_a_file_under_another_field_is_refused_not_dropped(client: TestClient, path: str) -> None:
+    """Whatever a client sends is used or refused: a file under a misspelt field, or a field
+    we do not read beside the image, is a 422 naming it, never skipped without a word."""
+    field = "image" if path == "/predict" else "images"
+    good = (field, ("a.png", images.solid((1, 1, 1)), "image/png"))
+    for files in ([("picture", good[1])], [good, ("picture", good[1])], [("picture", good[1]), good]):
+        error = assert_error(client.post(path, files=files), 422, "unexpected_field", field="picture")
+        assert "'picture'" in error["detail"] and f"'{field}'" in error["detail"]
+    response = client.post(path, files=[good], data={"patient": "12345"})
+    assert_error(response, 422, "unexpected_field", field="patient")
 
 
 def test_form_without_files_is_422(client: TestClient) -> None:
@@ -199,3 +214,34 @@ def test_a_server_fault_is_a_json_500_without_internals(tiny_model: Path) -> Non
     assert "secret" not in response.text
     metrics = client.app.state.service.metrics.exposition().decode()
     assert 'dscnet_requests_total{endpoint="/boom",status="500"} 1.0' in metrics
+
+
+@pytest.fixture
+def impatient_client(tiny_model: Path):
+    with TestClient(create_app(Settings(model_path=tiny_model, ort_threads=1, body_timeout_s=0.2))) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "first", "body_shape"),
+    [
+        ("/predict", MULTIPART, PART_START, "common"),
+        ("/predict-batch", MULTIPART, PART_START.replace(b'"image"', b'"images"'), "common"),
+        ("/v2/models/dscnet/infer", b"application/json", b'{"inputs": [', "v2"),
+    ],
+)
+def test_a_body_that_stalls_is_answered_408(
+    impatient_client: TestClient, path: str, content_type: bytes, first: bytes, body_shape: str
+) -> None:
+    """A client that stops sending mid-body gets 408 once DSCNET_BODY_TIMEOUT_S has passed, not
+    silence for as long as its connection stays open (it would hold an admission slot)."""
+    sent = post_stalled_body(impatient_client, path, content_type, first)
+    assert sent[0]["status"] == 408
+    body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    if body_shape == "common":
+        assert body["error"]["code"] == "body_timeout"
+        assert "did not arrive within 0.2 s" in body["error"]["detail"]
+    else:
+        assert "did not arrive within 0.2 s" in body["error"]
+    metrics = impatient_client.get("/metrics").text
+    assert 'dscnet_images_rejected_total{reason="body_timeout"} 1.0' in metrics

@@ -85,7 +85,7 @@ def test_metrics_cover_requests_stages_batches_classes_rejections_and_model(clie
     assert sample(m, "dscnet_predictions_total", label="early_pre_b") == 1
     assert sample(m, "dscnet_images_rejected_total", reason="unsupported_format") == 1
     assert sample(m, "dscnet_images_rejected_total", reason="too_many_pixels") == 1
-    assert sample(m, "dscnet_images_rejected_total", reason="missing_field") == 1
+    assert sample(m, "dscnet_images_rejected_total", reason="unexpected_field") == 1
     sha = json.loads(tiny_model.with_suffix(".json").read_text())["sha256"]
     assert sample(m, "dscnet_model_info", name="dscnet", version="0.0.1-test", sha256=sha) == 1
     assert sample(m, "dscnet_requests_in_flight") == 1  # the scrape itself

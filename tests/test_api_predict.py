@@ -65,16 +65,6 @@ def test_predict_accepts_every_supported_kind(client: TestClient, name: str, mak
     assert_prediction(response.json(), label)
 
 
-def test_predict_ignores_other_form_fields(client: TestClient) -> None:
-    response = client.post(
-        "/predict",
-        data={"note": "ignored"},
-        files={"image": ("a.png", images.solid((0, 255, 0)), "image/png")},
-    )
-    assert response.status_code == 200
-    assert response.json()["label"] == "early_pre_b"
-
-
 def test_predict_real_dataset_images(client: TestClient, real_images: dict[str, Path]) -> None:
     for path in real_images.values():
         response = post_image(client, path.read_bytes(), filename=path.name)

@@ -41,6 +41,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 import helpers_images as images
+from helpers_asgi import asgi_post
 from app.imaging import IMAGE_SIZE, ImageDecodeError, decode_image
 from app.main import create_app
 from app.settings import Settings
@@ -306,7 +307,11 @@ BAD_INPUT: list[tuple[str, Request, int, str]] = [
         ("images", (f"{i}.jpg", GOOD_JPEG)) for i in range(33)]), 413, "too_many_files"),
     ("empty batch: no part at all", raw("/predict-batch", []), 422, "missing_field"),
     ("empty batch: only other fields", raw("/predict-batch", [(b'form-data; name="note"', b"hi")]), 422,
-     "missing_field"),
+     "unexpected_field"),
+    ("a text field beside the image", raw("/predict", [(IMAGE, GOOD_JPEG), (b'form-data; name="note"', b"hi")]),
+     422, "unexpected_field"),
+    ("a part with no field name", raw("/predict", [(b"form-data", GOOD_JPEG)]), 422, "unexpected_field"),
+    ("an empty Content-Disposition", raw("/predict", [(b"", GOOD_JPEG)]), 422, "unexpected_field"),
     ("duplicated field in /predict", raw("/predict", [(IMAGE, GOOD_JPEG), (IMAGE, GOOD_JPEG)]), 422, "extra_file"),
     ("duplicated field, second empty", raw("/predict", [(IMAGE, GOOD_JPEG), (IMAGE, b"")]), 422, "extra_file"),
     ("a field with no file name", raw("/predict", [(b'form-data; name="image"', GOOD_JPEG)]), 200, "early_pre_b"),
@@ -347,7 +352,6 @@ def test_a_non_utf8_file_name_is_echoed_replaced_in_a_batch(client: TestClient) 
 def stream_forever(client: TestClient, path: str, content_type: bytes, head: bytes) -> tuple[int, bytes, int]:
     """Send an endless body, straight through ASGI without Content-Length; (status, body, bytes pulled)."""
     pulled = 0
-    sent: list[dict] = []
 
     async def receive() -> dict:
         nonlocal pulled
@@ -355,15 +359,7 @@ def stream_forever(client: TestClient, path: str, content_type: bytes, head: byt
         pulled += len(chunk)
         return {"type": "http.request", "body": chunk, "more_body": True}
 
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
-        "headers": [(b"content-type", content_type)], "client": ("127.0.0.1", 1), "server": ("testserver", 80),
-    }
-    client.portal.call(client.app, scope, receive, send)
+    sent = asgi_post(client, path, [(b"content-type", content_type)], receive)
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), pulled
 
 
@@ -372,8 +368,9 @@ def stream_forever(client: TestClient, path: str, content_type: bytes, head: byt
     [
         ("/predict", b"multipart/form-data; boundary=B", b'--B\r\nContent-Disposition: form-data; name="image"; '
          b'filename="a"\r\n\r\n', b"too_large"),  # file_too_large or request_too_large: both stop it
+        # a file over the per-file limit is that item's error and skipped; the body limit stops it
         ("/predict-batch", b"multipart/form-data; boundary=B", b'--B\r\nContent-Disposition: form-data; '
-         b'name="other"\r\n\r\n', b"request_too_large"),
+         b'name="images"; filename="a"\r\n\r\n', b"request_too_large"),
         ("/v2/models/dscnet/infer", b"application/json", b'{"inputs": [{"data": ["', b"over the limit"),
     ],
 )

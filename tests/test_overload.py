@@ -8,6 +8,8 @@ in test_batching.py; the figures under load come from benchmarks/load_test.py.)
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +20,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 import helpers_images as images
+from helpers_asgi import MULTIPART, PART_START, post_endless_body, post_stalled_body
+from helpers_serve import ServiceProcess
 from app.main import create_app
 from app.settings import Settings
 
@@ -84,29 +88,44 @@ def test_past_the_limit_a_request_is_refused_at_once(held: tuple[TestClient, Hel
 
 def test_a_refused_request_body_is_not_read(held: tuple[TestClient, HeldModel]) -> None:
     client, model = held
-    pulled: list[dict] = []
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        pulled.append({})
-        return {"type": "http.request", "body": b"\0" * 65536, "more_body": True}
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/predict", "raw_path": b"/predict", "root_path": "", "query_string": b"",
-        "headers": [(b"content-type", b"multipart/form-data; boundary=XyZ")],
-        "client": ("127.0.0.1", 1), "server": ("testserver", 80),
-    }
     with ThreadPoolExecutor(LIMIT) as pool:
         futures = fill(client, model, pool)
-        client.portal.call(client.app, scope, receive, send)
+        pulled, sent = post_endless_body(client, [])
         model.gate.set()
         for future in futures:
             future.result(HANG_GUARD_S)
     assert sent[0]["status"] == 503 and pulled == []
+
+
+def test_a_stalled_upload_gives_its_place_back(tiny_model: Path) -> None:
+    """A client that stops sending mid-upload (or a peer gone without a word, its connection
+    half-open) holds a place only until DSCNET_BODY_TIMEOUT_S, then gets 408: it cannot keep
+    the service at its limit for as long as its connection lives."""
+    settings = Settings(model_path=tiny_model, ort_threads=1, batching=False, max_concurrent_requests=1,
+                        body_timeout_s=3)
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(1) as pool:
+        admitted = threading.Event()
+        stalled = pool.submit(post_stalled_body, client, "/predict", MULTIPART, PART_START, admitted.set)
+        assert admitted.wait(HANG_GUARD_S)
+        assert client.post("/predict", files={"image": ("r.png", RED)}).status_code == 503  # its place is taken
+        assert stalled.result(HANG_GUARD_S)[0]["status"] == 408
+        again = client.post("/predict", files={"image": ("r.png", RED)})
+        assert again.status_code == 200 and again.json()["label"] == "benign"
+
+
+def test_the_server_answers_a_stalled_upload_and_closes_the_connection(tiny_model: Path) -> None:
+    """Through uvicorn: the stalled socket gets the 408 body, then the server closes it."""
+    with ServiceProcess(tiny_model, {"DSCNET_BODY_TIMEOUT_S": "0.5"}) as service:
+        host, port = service.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=HANG_GUARD_S) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: " + MULTIPART
+                         + b"\r\nContent-Length: 100000\r\n\r\n" + PART_START)
+            answer = b""
+            while chunk := sock.recv(65536):  # until the server closes the connection
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body)["error"]["code"] == "body_timeout"
 
 
 def test_requests_without_a_key_take_no_place(tiny_model: Path) -> None:

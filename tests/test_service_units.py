@@ -19,6 +19,7 @@ from app.uploads import (
     MissingFieldError,
     RequestTooLargeError,
     TooManyFilesError,
+    UnexpectedFieldError,
     UploadLimits,
     read_uploads,
 )
@@ -56,10 +57,19 @@ def read(stream: CountingStream, **limits: object):
     return asyncio.run(read_uploads(stream.__aiter__(), BOUNDARY, UploadLimits(**options)))
 
 
-def test_reader_keeps_only_the_expected_field_in_order() -> None:
-    stream = CountingStream(body(part("images", b"one", "1.png"), part("note", b"x", None), part("images", b"two", "2.png")))
-    uploads = read(stream)
+def test_reader_keeps_the_files_in_order() -> None:
+    uploads = read(CountingStream(body(part("images", b"one", "1.png"), part("images", b"two", "2.png"))))
     assert [(u.filename, u.data, u.error) for u in uploads] == [("1.png", b"one", None), ("2.png", b"two", None)]
+
+
+def test_reader_refuses_a_part_in_another_field_and_stops_there() -> None:
+    """Never skipped without a word: a misnamed file would go unclassified, a note unread."""
+    files = [part("images", b"x" * 100) for _ in range(20)]
+    stream = CountingStream(body(part("images", b"one"), part("note", b"x", None), *files), chunk=200)
+    with pytest.raises(UnexpectedFieldError, match="the field 'note' is not read by this endpoint") as caught:
+        read(stream)
+    assert caught.value.field == "note"
+    assert stream.pulled <= 600  # the 20 files after it are never read
 
 
 def test_reader_accepts_a_part_without_filename() -> None:
@@ -98,7 +108,7 @@ def test_reader_marks_an_oversized_batch_file_and_keeps_going() -> None:
 
 def test_reader_reports_a_missing_field() -> None:
     with pytest.raises(MissingFieldError):
-        read(CountingStream(body(part("other", b"abc"))))
+        read(CountingStream(body()))
 
 
 def test_available_cpus_follows_affinity_without_a_quota(tmp_path: Path) -> None:

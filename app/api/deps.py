@@ -78,6 +78,7 @@ async def read_image_upload(request: Request, settings: SettingsDep) -> Upload:
         max_files=1,
         max_file_bytes=settings.max_upload_bytes,
         max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+        body_timeout_s=settings.body_timeout_s,
     )
     (upload,) = await _read(request, limits)
     return upload
@@ -91,6 +92,7 @@ async def read_batch_uploads(request: Request, settings: SettingsDep) -> list[Up
         max_file_bytes=settings.max_upload_bytes,
         max_body_bytes=settings.max_batch_bytes,
         per_file_errors=True,
+        body_timeout_s=settings.body_timeout_s,
     )
     return await _read(request, limits)
 

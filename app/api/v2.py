@@ -40,7 +40,7 @@ from app.errors import ModelNotReadyError, status_for
 from app.labels import CLASS_IDS
 from app.pipeline import classify_uploads
 from app.settings import Settings
-from app.uploads import FileTooLargeError, Upload, UploadError
+from app.uploads import FileTooLargeError, Upload, UploadError, body_deadline
 
 MODEL_NAME = "dscnet"
 INPUT_NAME = "image"
@@ -222,11 +222,12 @@ async def read_json_body(request: Request, settings: SettingsDep) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise InferenceRequestError(f"the request body is over the limit of {limit:,} bytes", 413)
-            chunks.append(chunk)
+        async with body_deadline(settings.body_timeout_s, INPUT_NAME):  # a BodyTimeoutError: 408
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise InferenceRequestError(f"the request body is over the limit of {limit:,} bytes", 413)
+                chunks.append(chunk)
     except ClientDisconnect as err:
         raise InferenceRequestError("the client disconnected before the body was complete") from err
     return b"".join(chunks)
