@@ -21,6 +21,7 @@ from app.imaging import (
     CorruptImageError,
     ImageDecodeError,
     ImageTooLargeError,
+    ImageTooSmallError,
     UnsupportedImageError,
 )
 from app.lis.negotiate import NotAcceptableError
@@ -51,6 +52,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
     UnsupportedImageError: 415,
     CorruptImageError: 400,
     ImageTooLargeError: 413,
+    ImageTooSmallError: 422,
     NotMultipartError: 415,
     MalformedUploadError: 400,
     MissingFieldError: 422,

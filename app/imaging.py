@@ -9,7 +9,9 @@ Contract of `decode_image(data)`:
   1. the bytes must be a single-frame JPEG, PNG, TIFF, BMP or WebP image, otherwise
      `UnsupportedImageError`; bytes that claim a format but do not decode fully raise
      `CorruptImageError`; more than `max_pixels` pixels raise `ImageTooLargeError`, checked
-     from the header before any pixel is decoded (decompression bombs);
+     from the header before any pixel is decoded (decompression bombs); a shorter side under
+     `MIN_IMAGE_SIDE` pixels raises `ImageTooSmallError` (such a thumbnail cannot show a cell
+     at the scale the model reads; resizing it up to 224 would only invent pixels);
   2. the EXIF orientation tag is applied;
   3. the mode is converted to 8-bit RGB: transparency is composited over white (a smear's
      background is bright), 16-bit and 32-bit grey is scaled to 0..255 by its bit depth,
@@ -26,6 +28,7 @@ Exceptions:
       +-- UnsupportedImageError  (not an image we accept: 415)
       +-- CorruptImageError      (truncated or damaged: 400)
       +-- ImageTooLargeError     (too many pixels: 413)
+      +-- ImageTooSmallError     (a side under MIN_IMAGE_SIDE pixels: 422)
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ PREPROCESSING_VERSION = "1"
 IMAGE_SIZE = 224
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "TIFF", "BMP", "WEBP"})
 DEFAULT_MAX_PIXELS = 40_000_000  # a 7,000 x 5,700 camera frame; far above any smear photo
+# In the training images (224 x 224) a lymphocyte spans about 30-60 pixels: an image with a
+# shorter side under 32 pixels is an icon or thumbnail, not a field of cells. (A refusal, not a
+# change of the output for any accepted input: PREPROCESSING_VERSION stays.)
+MIN_IMAGE_SIDE = 32
 
 # We enforce our own pixel limit before decoding; Pillow's own check would only warn.
 Image.MAX_IMAGE_PIXELS = None
@@ -65,6 +72,10 @@ class CorruptImageError(ImageDecodeError):
 
 class ImageTooLargeError(ImageDecodeError):
     reason = "too_many_pixels"
+
+
+class ImageTooSmallError(ImageDecodeError):
+    reason = "image_too_small"
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -111,6 +122,12 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageTooLargeError(
             f"the image has {width}x{height} = {width * height:,} pixels, "
             f"more than the limit of {max_pixels:,}"
+        )
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ImageTooSmallError(
+            f"the image is {width}x{height} pixels; its shorter side must be at least {MIN_IMAGE_SIDE} "
+            f"(it is centre-cropped to a square and resized to {IMAGE_SIZE}x{IMAGE_SIZE}); send the full "
+            "microscope field, not a thumbnail"
         )
     try:
         frames = getattr(image, "n_frames", 1)  # reads every frame header of a TIFF

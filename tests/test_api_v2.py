@@ -165,7 +165,7 @@ def test_bad_images_fail_the_request_with_their_status(client: TestClient, make,
 
 def test_limits_are_413(small_limits_client: TestClient) -> None:
     client = small_limits_client
-    tiny = images.solid(RED, size=(8, 8))
+    tiny = images.solid(RED, size=(32, 32))
     assert client.post(INFER, json=infer_body(tiny, tiny)).status_code == 200
     assert_v2_error(client.post(INFER, json=infer_body(tiny, tiny, tiny)), 413, "3 images in one request")
     big = images.encode(Image.effect_noise((64, 64), 100).convert("RGB"), "PNG")

@@ -68,7 +68,7 @@ def _noise(size: tuple[int, int], mode: str = "RGB") -> Image.Image:
 
 
 def _frames(fmt: str, count: int = 3, **options: object) -> bytes:
-    frames = [Image.new("RGB", (40, 30), (80 * i, 0, 0)) for i in range(count)]
+    frames = [Image.new("RGB", (40, 32), (80 * i, 0, 0)) for i in range(count)]
     buffer = io.BytesIO()
     frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:], **options)
     return buffer.getvalue()
@@ -85,7 +85,7 @@ SEEDS: dict[str, bytes] = {
     "png_palette": images.encode(_noise((32, 32), "P"), "PNG", transparency=0),
     "tiff": images.encode(_noise((40, 40)), "TIFF"),
     "tiff_lzw": images.encode(_noise((40, 40)), "TIFF", compression="tiff_lzw"),
-    "bmp": images.encode(_noise((36, 30)), "BMP"),
+    "bmp": images.encode(_noise((36, 32)), "BMP"),
     "webp": images.encode(_noise((40, 40)), "WEBP", quality=80),
     "webp_lossless": images.encode(_noise((40, 40)), "WEBP", lossless=True),
     # refused as a whole (415), but their mutations must be refused cleanly too
@@ -102,7 +102,7 @@ def check_contract(data: bytes) -> None:
     try:
         pixels = decode_image(data, max_pixels=FUZZ_MAX_PIXELS)
     except ImageDecodeError as err:
-        assert err.reason in {"unsupported_format", "corrupt_image", "too_many_pixels"}
+        assert err.reason in {"unsupported_format", "corrupt_image", "too_many_pixels", "image_too_small"}
         assert str(err)
         return
     assert pixels.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
@@ -286,6 +286,8 @@ BAD_INPUT: list[tuple[str, Request, int, str]] = [
     # A damaged header is no longer recognised as a PNG at all: documented as 415.
     ("corrupt PNG header (IHDR CRC)", predict(png_damaged(b"IHDR", 17)), 415, "unsupported_format"),
     ("zero bytes", predict(b""), 422, "empty_file"),
+    ("a 1x1 image", predict(images.solid((200, 150, 220), (1, 1))), 422, "image_too_small"),
+    ("a 4000x8 strip", predict(images.solid((200, 150, 220), (4000, 8))), 422, "image_too_small"),
     ("not an image", predict(images.text_file()), 415, "unsupported_format"),
     ("a PDF", predict(b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n"), 415, "unsupported_format"),
     ("wrong part content type, a real image", predict(GOOD_JPEG, "a.jpg", "text/plain"), 200, "early_pre_b"),

@@ -13,6 +13,7 @@ from app.imaging import (
     IMAGE_SIZE,
     CorruptImageError,
     ImageTooLargeError,
+    ImageTooSmallError,
     UnsupportedImageError,
     decode_image,
 )
@@ -129,6 +130,16 @@ def test_truncated_jpeg_is_corrupt():
 def test_pixel_bomb_is_refused_before_decoding():
     with pytest.raises(ImageTooLargeError, match="2,500,000,000 pixels"):
         decode_image(png_declaring(50_000, 50_000))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (31, 400), (5000, 20)])
+def test_a_thumbnail_is_refused(size: tuple[int, int]):
+    with pytest.raises(ImageTooSmallError, match=f"{size[0]}x{size[1]} pixels; its shorter side must be at least 32"):
+        decode_image(encode(Image.new("RGB", size, (200, 150, 220)), "PNG"))
+
+
+def test_the_smallest_accepted_side_is_32():
+    assert decode_image(encode(Image.fromarray(gradient(600, 32)), "PNG")).shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
 def test_pixel_limit_is_configurable():
