@@ -1,4 +1,5 @@
-"""`dscnet serve` (the HTTP service under uvicorn) and `dscnet predict IMAGE...` (no server).
+"""`dscnet serve` (the HTTP service under uvicorn), `dscnet predict IMAGE...` (no server) and
+`dscnet validate FOLDER` (app.validation).
 
 `predict` goes through the service's own path: `load_classifier` (card, checksum, warm-up),
 then `classify_uploads` (decode_image, one model run per batch), with the service's limits.
@@ -21,6 +22,7 @@ from app.labels import CLASS_IDS
 from app.pipeline import ImageOutcome, classify_uploads
 from app.settings import Settings, describe_settings_error
 from app.uploads import EmptyFileError, FileTooLargeError, Upload, UploadError
+from app.validation import add_command as add_validate_command
 
 
 class UnreadableFileError(UploadError):
@@ -28,7 +30,7 @@ class UnreadableFileError(UploadError):
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Add `serve` and `predict` to the `dscnet` command's subparsers."""
+    """Add `serve`, `predict` and `validate` to the `dscnet` command's subparsers."""
     serve = commands.add_parser("serve", help="run the HTTP service (settings from DSCNET_* variables)")
     serve.add_argument("--host", help="bind address (DSCNET_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (DSCNET_PORT, default 8000)")
@@ -40,6 +42,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.add_argument("--model", type=Path, help="the .onnx file (DSCNET_MODEL_PATH); its card is beside it")
     predict.set_defaults(run=run_predict)
+    add_validate_command(commands)
 
 
 def load_settings(args: argparse.Namespace) -> Settings | None:

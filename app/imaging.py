@@ -42,6 +42,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 PREPROCESSING_VERSION = "1"
 IMAGE_SIZE = 224
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "TIFF", "BMP", "WEBP"})
+#: file name suffixes of those formats (folders of images are read by them)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
 DEFAULT_MAX_PIXELS = 40_000_000  # a 7,000 x 5,700 camera frame; far above any smear photo
 # In the training images (224 x 224) a lymphocyte spans about 30-60 pixels: an image with a
 # shorter side under 32 pixels is an icon or thumbnail, not a field of cells. (A refusal, not a

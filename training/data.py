@@ -23,17 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from app.imaging import ImageDecodeError, decode_image
-from app.labels import CLASS_IDS
+from app.labels import CLASS_IDS, class_of_folder
 
-# Folder names (case-insensitive) accepted for each class id: the dataset's own and ours.
-CLASS_FOLDERS: dict[str, str] = {
-    "benign": "benign",
-    "early": "early_pre_b",
-    "pre": "pre_b",
-    "pro": "pro_b",
-    **{class_id: class_id for class_id in CLASS_IDS},
-}
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
 SPLITS = ("train", "val", "test")
 NEAR_DUPLICATE_MAD = 5.0  # mean absolute difference on 0..255, see the dataset's SOURCE.md
 NEAR_DUPLICATE_WINDOW = 3  # compare each file with this many following numbers
@@ -78,7 +69,7 @@ def find_class_folders(root: Path) -> dict[str, Path]:
         raise DatasetError(f"dataset folder {root} does not exist or is not a folder")
     found: dict[str, Path] = {}
     for child in sorted(root.iterdir()):
-        class_id = CLASS_FOLDERS.get(child.name.lower())
+        class_id = class_of_folder(child.name)
         if child.is_dir() and class_id is not None:
             if class_id in found:
                 raise DatasetError(f"two folders for class {class_id}: {found[class_id].name}, {child.name}")
