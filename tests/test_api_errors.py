@@ -245,3 +245,25 @@ def test_a_body_that_stalls_is_answered_408(
         assert "did not arrive within 0.2 s" in body["error"]
     metrics = impatient_client.get("/metrics").text
     assert 'dscnet_images_rejected_total{reason="body_timeout"} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "reads"),
+    [("/predict", "patient_id=P1", "it reads explain, format"), ("/predict", "format=json&foo", "it reads explain, format"),
+     ("/predict-batch", "explain=true", "it takes none"), ("/explain", "format=json", "it takes none")],
+)
+def test_a_query_parameter_the_endpoint_does_not_read_is_422(client: TestClient, path: str, query: str,
+                                                              reads: str) -> None:
+    """Not ignored: `?patient_id=` would otherwise give an HL7 answer without the patient, silently."""
+    field = "images" if path == "/predict-batch" else "image"
+    response = client.post(f"{path}?{query}", files={field: ("a.png", images.solid((0, 0, 255)), "image/png")})
+    name = query.split("&")[-1].split("=")[0]
+    error = assert_error(response, 422, "unexpected_parameter", field=name)
+    assert f"'{name}' is not a query parameter of this endpoint ({reads})" in error["detail"]
+
+
+def test_the_query_parameters_an_endpoint_reads_still_work(client: TestClient) -> None:
+    image = {"image": ("a.png", images.solid((0, 0, 255)), "image/png")}
+    assert client.post("/predict?format=json&explain=false", files=image).json()["label"] == "pre_b"
+    v2 = client.post("/v2/models/dscnet/infer?verbose=1", json={"inputs": []})
+    assert v2.status_code == 400 and "'verbose' is not a query parameter" in v2.json()["error"]

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
 
 from app.batching import MicroBatcher
@@ -59,6 +62,33 @@ async def get_settings(state: StateDep) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def refuse_unknown_query(request: Request) -> None:
+    """A query parameter the route does not read is a 422 `unexpected_parameter`, not ignored.
+
+    A LIS integration that sends `?patient_id=...` (a header here) would otherwise get an HL7
+    message without the patient and no word why. Runs before the body is read.
+    """
+    if not request.query_params:
+        return
+    route: APIRoute = request.scope["route"]
+    names = _query_parameters(route.dependant)  # a few microseconds, only when a query is sent
+    for name, value in request.query_params.multi_items():
+        if name not in names:
+            reads = f"it reads {', '.join(sorted(names))}" if names else "it takes none"
+            raise RequestValidationError([{
+                "type": "unexpected_parameter", "loc": ("query", name), "input": value,
+                "msg": f"{name!r} is not a query parameter of this endpoint ({reads})",
+            }])
+
+
+def _query_parameters(dependant: Dependant) -> set[str]:
+    """The query parameters a route reads, its dependencies' included."""
+    names = {field.alias for field in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_parameters(dependency)
+    return names
 
 
 async def _read(request: Request, limits: UploadLimits) -> list[Upload]:

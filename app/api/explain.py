@@ -5,15 +5,15 @@ For the prediction and the heatmap in one JSON answer, use `POST /predict?explai
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from app.api.deps import ClassifierDep, ImageUploadDep, SettingsDep, StateDep
+from app.api.deps import ClassifierDep, ImageUploadDep, SettingsDep, StateDep, refuse_unknown_query
 from app.api.formats import NO_EXPLANATION
 from app.pipeline import classify_uploads
 from app.schemas import error_responses
 
-router = APIRouter(tags=["prediction"])
+router = APIRouter(tags=["prediction"], dependencies=[Depends(refuse_unknown_query)])
 
 _PNG_EXAMPLE = "(PNG bytes: the 224x224 input with the heatmap blended over it)"
 PREDICTION_HEADERS = {

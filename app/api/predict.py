@@ -13,7 +13,7 @@ from collections import Counter
 from time import perf_counter
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -24,6 +24,7 @@ from app.api.deps import (
     ServiceState,
     SettingsDep,
     StateDep,
+    refuse_unknown_query,
 )
 from app.api.formats import (
     LIS_CONTENT,
@@ -49,7 +50,7 @@ from app.schemas import (
     error_responses,
 )
 
-router = APIRouter(tags=["prediction"])
+router = APIRouter(tags=["prediction"], dependencies=[Depends(refuse_unknown_query)])
 
 _IMAGE_TYPES = "image/jpeg, image/png, image/tiff, image/bmp, image/webp"
 

@@ -33,7 +33,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
-from app.api.deps import ClassifierDep, ServiceState, SettingsDep, StateDep
+from app.api.deps import ClassifierDep, ServiceState, SettingsDep, StateDep, refuse_unknown_query
 from app.api.predict import record_outcome
 from app.batching import BatcherStoppedError, OverloadedError
 from app.errors import ModelNotReadyError, status_for
@@ -247,6 +247,7 @@ _INFER_ANSWER = {
 
 @router.post(
     "/models/{model_name}/infer",
+    dependencies=[Depends(refuse_unknown_query)],
     response_model=InferenceResponse,
     response_model_exclude_none=True,
     responses={
