@@ -3,7 +3,7 @@
 Each function takes uint8 NHWC RGB images and returns new uint8 images of the same shape;
 none changes its input. They model what differs between labs and days: illumination and
 camera response, stain batches (HED jitter, Tellez et al. 2019; Reinhard colour transfer),
-compression, focus, and (for information) the loss of colour.
+compression, focus, and (for information) the loss of colour and of resolution.
 """
 
 from __future__ import annotations
@@ -128,3 +128,11 @@ def blur(images: np.ndarray, sigma: float) -> np.ndarray:
 def grayscale(images: np.ndarray) -> np.ndarray:
     """Luma (ITU-R 601) in all three channels."""
     return _per_image(images, lambda image: image.convert("L"))
+
+
+def lower_resolution(images: np.ndarray, side: int) -> np.ndarray:
+    """Each image as a camera of `side` x `side` pixels would give it, then brought back to the
+    input size the way `decode_image` does (antialiased bilinear): fewer pixels per cell."""
+    size = images.shape[2], images.shape[1]
+    return _per_image(images, lambda image: image.resize((side, side), Image.Resampling.BILINEAR)
+                      .resize(size, Image.Resampling.BILINEAR))
