@@ -146,6 +146,7 @@ BATCH_EXAMPLE = {
 _ERROR_EXAMPLES: list[tuple[int, str, str]] = [  # (status, code, detail); {field} is the route's field
     (400, "corrupt_image", "the JPEG data is damaged or truncated: image file is truncated"),
     (400, "malformed_multipart", "the multipart body ended before its closing boundary"),
+    (408, "body_timeout", "the request body did not arrive within 60 s; the connection stalled or is too slow"),
     (413, "file_too_large", "the file is over the limit of 20,971,520 bytes"),
     (413, "request_too_large", "the request body is 210,000,000 bytes, over the limit of 134,217,728"),
     (413, "too_many_files", "more than 32 files in the field 'images'"),
@@ -156,18 +157,25 @@ _ERROR_EXAMPLES: list[tuple[int, str, str]] = [  # (status, code, detail); {fiel
     (422, "missing_field", "no file in the field '{field}'"),
     (422, "empty_file", "the file is empty (0 bytes)"),
     (422, "extra_file", "more than one file in the field 'image'; use /predict-batch"),
+    (422, "unexpected_field", "the field 'note' is not read by this endpoint; send the image(s) in '{field}' only"),
+    (422, "unexpected_parameter", "'patient_id' is not a query parameter of this endpoint (it reads explain, format)"),
+    (422, "image_too_small", "the image is 24x24 pixels; its shorter side must be at least 32 (it is centre-cropped "
+     "to a square and resized to 224x224); send the full microscope field, not a thumbnail"),
     (503, "model_not_ready", "the model is not loaded yet"),
     (503, "overloaded", "256 images are already waiting for the model (the limit is 256); retry later"),
 ]
 _STATUS_TEXT = {
     400: "Corrupt or truncated image, or a broken multipart body.",
+    408: "The request body did not arrive within DSCNET_BODY_TIMEOUT_S.",
     413: "An upload over the size limit, too many images, or too many pixels.",
     415: "Not a supported image (JPEG, PNG, TIFF, BMP, WebP), or not multipart/form-data.",
-    422: "The field is missing or the file is empty.",
+    422: "The field is missing or the file is empty or too small; a field or query parameter the endpoint "
+    "does not read.",
     503: "The model is not loaded and verified yet, or too many images are waiting (see Retry-After).",
 }
 # On /predict-batch these land in the failing item's `error`, not in the answer's status.
-_PER_IMAGE_CODES = {"corrupt_image", "file_too_large", "too_many_pixels", "unsupported_format", "empty_file"}
+_PER_IMAGE_CODES = {"corrupt_image", "file_too_large", "too_many_pixels", "unsupported_format", "empty_file",
+                    "image_too_small"}
 
 
 def error_responses(field: str) -> dict[int | str, dict[str, Any]]:

@@ -2,12 +2,13 @@
 
 The request body is streamed through python-multipart's parser chunk by chunk; reading stops
 as soon as a limit is crossed (the declared Content-Length is checked before any byte is
-read). Only parts of the expected field are accepted, each capped at the per-file limit; a part in
-any other field is refused (422), never silently skipped; nothing is ever spooled to disk.
-The whole body must arrive within `body_timeout_s` (408 otherwise): a client that stalls
-mid-upload would otherwise hold its admission slot (app.admission) for as long as its
-connection stays open, and a dead peer's half-open connection does so forever. Starlette's own form parsing is not used because it would spool
-files over 1 MiB to a temporary file and could not stop at the Nth file of a batch.
+read). Only parts of the expected field are accepted, each capped at the per-file limit; a
+part in any other field is refused (422), never silently skipped; nothing is ever spooled to
+disk. The whole body must arrive within `body_timeout_s` (408 otherwise): a client that
+stalls mid-upload would otherwise hold its admission place (app.admission) for as long as its
+connection stays open, and a dead peer's half-open connection would hold it forever.
+Starlette's own form parsing is not used because it would spool files over 1 MiB to a
+temporary file and could not stop at the Nth file of a batch.
 
 Exceptions (`reason` is the stable code in the error body, `field` the form field):
     UploadError

@@ -123,9 +123,11 @@ def test_openapi_documents_uploads_and_every_error(client: TestClient) -> None:
     single = spec["paths"]["/predict"]["post"]
     schema = single["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert schema["required"] == ["image"] and schema["properties"]["image"]["format"] == "binary"
-    assert {"200", "400", "413", "415", "422", "503"} <= set(single["responses"])
-    for status in ("400", "413", "415", "422"):
+    assert {"200", "400", "408", "413", "415", "422", "503"} <= set(single["responses"])
+    for status in ("400", "408", "413", "415", "422"):
         assert single["responses"][status]["content"]["application/json"]["examples"]
+    assert {"unexpected_field", "unexpected_parameter", "image_too_small"} <= set(
+        single["responses"]["422"]["content"]["application/json"]["examples"])
     assert single["responses"]["200"]["content"]["application/json"]["example"]["label"] == "early_pre_b"
     batch = spec["paths"]["/predict-batch"]["post"]
     assert batch["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["images"]["type"] == "array"
