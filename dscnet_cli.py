@@ -11,9 +11,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from training import cli as training_cli  # imports no TensorFlow until a command runs
     from app import cli as serving_cli
+    from app import validation
 
     training_cli.add_commands(commands)
     serving_cli.add_commands(commands)
+    validation.add_command(commands)
     return parser
 
 

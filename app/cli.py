@@ -1,5 +1,5 @@
-"""`dscnet serve` (the HTTP service under uvicorn), `dscnet predict IMAGE...` (no server) and
-`dscnet validate FOLDER` (app.validation).
+"""`dscnet serve` (the HTTP service under uvicorn) and `dscnet predict IMAGE...` (no server);
+the local-file helpers `dscnet validate FOLDER` (app.validation) shares.
 
 `predict` goes through the service's own path: `load_classifier` (card, checksum, warm-up),
 then `classify_uploads` (decode_image, one model run per batch), with the service's limits.
@@ -22,7 +22,6 @@ from app.labels import CLASS_IDS
 from app.pipeline import ImageOutcome, classify_uploads
 from app.settings import Settings, describe_settings_error
 from app.uploads import EmptyFileError, FileTooLargeError, Upload, UploadError
-from app.validation import add_command as add_validate_command
 
 
 class UnreadableFileError(UploadError):
@@ -30,7 +29,7 @@ class UnreadableFileError(UploadError):
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Add `serve`, `predict` and `validate` to the `dscnet` command's subparsers."""
+    """Add `serve` and `predict` to the `dscnet` command's subparsers."""
     serve = commands.add_parser("serve", help="run the HTTP service (settings from DSCNET_* variables)")
     serve.add_argument("--host", help="bind address (DSCNET_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (DSCNET_PORT, default 8000)")
@@ -42,7 +41,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.add_argument("--model", type=Path, help="the .onnx file (DSCNET_MODEL_PATH); its card is beside it")
     predict.set_defaults(run=run_predict)
-    add_validate_command(commands)
 
 
 def load_settings(args: argparse.Namespace) -> Settings | None:
@@ -95,22 +93,30 @@ def run_predict(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     try:
-        # one run at a time here: it may use all the CPUs a lone service run would
-        threads = settings.wide_threads or settings.intra_op_threads
-        classifier = load_classifier(settings.model_path, settings.card_path, threads)
+        classifier = load_local_classifier(settings)
     except ModelLoadError as err:
         print(f"dscnet predict: {err}", file=sys.stderr)
         return 2
-    outcomes: list[tuple[Path, ImageOutcome]] = []
-    for paths in _chunks(args.images, settings.max_batch_images):
-        uploads = [read_local_file(path, settings.max_upload_bytes) for path in paths]
-        batch = classify_uploads(classifier, uploads, max_pixels=settings.max_pixels)
-        outcomes.extend(zip(paths, batch.items, strict=True))
+    outcomes = list(zip(args.images, classify_files(classifier, args.images, settings), strict=True))
     if args.json:
         print(json.dumps(_as_json(classifier, outcomes), indent=2))
     else:
         print(_as_table(outcomes))
     return 1 if any(item.error is not None for _, item in outcomes) else 0
+
+
+def load_local_classifier(settings: Settings) -> OnnxClassifier:
+    """The model for a command without a server: one run at a time, so it may use all the
+    CPUs a lone service run would."""
+    return load_classifier(settings.model_path, settings.card_path, settings.wide_threads or settings.intra_op_threads)
+
+
+def classify_files(classifier: OnnxClassifier, paths: Sequence[Path], settings: Settings) -> Iterator[ImageOutcome]:
+    """Each file's outcome, in order, through the service's path (its size and pixel limits),
+    in model runs of at most DSCNET_MAX_BATCH_IMAGES."""
+    for chunk in _chunks(paths, settings.max_batch_images):
+        uploads = [read_local_file(path, settings.max_upload_bytes) for path in chunk]
+        yield from classify_uploads(classifier, uploads, max_pixels=settings.max_pixels).items
 
 
 def read_local_file(path: Path, max_bytes: int) -> Upload:

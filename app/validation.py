@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from app.classifier import ModelLoadError, OnnxClassifier, load_classifier
+from app.cli import classify_files, load_local_classifier, load_settings
+from app.classifier import ModelLoadError, OnnxClassifier
 from app.imaging import IMAGE_SUFFIXES
 from app.labels import CLASS_IDS, class_of_folder
-from app.pipeline import ImageOutcome, classify_uploads
+from app.pipeline import ImageOutcome
+from app.settings import Settings
 
 
 class ValidationSetError(ValueError):
@@ -149,23 +151,17 @@ class ValidationReport:
         }
 
 
-def validate(classifier: OnnxClassifier, folder: LabelledFolder, *, max_upload_bytes: int, max_pixels: int,
-             batch_size: int) -> ValidationReport:
+def validate(classifier: OnnxClassifier, folder: LabelledFolder, settings: Settings) -> ValidationReport:
     """Classify every file of `folder` through the service's path and count the outcomes."""
-    from app.cli import read_local_file  # the CLI's reader: the service's size rules for local files
-
     identity = classifier.identity
     report = ValidationReport(
         model={"name": identity.name, "version": identity.version, "sha256": identity.sha256},
         confusion=np.zeros((len(CLASS_IDS), len(CLASS_IDS)), dtype=np.int64),
         not_used=list(folder.not_used),
     )
-    for start in range(0, len(folder.files), batch_size):
-        chunk = folder.files[start : start + batch_size]
-        uploads = [read_local_file(item.path, max_upload_bytes) for item in chunk]
-        outcome = classify_uploads(classifier, uploads, max_pixels=max_pixels)
-        for item, result in zip(chunk, outcome.items, strict=True):
-            _count(report, item, result)
+    outcomes = classify_files(classifier, [item.path for item in folder.files], settings)
+    for item, result in zip(folder.files, outcomes, strict=True):
+        _count(report, item, result)
     return report
 
 
@@ -224,20 +220,16 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from app.cli import load_settings
-
     settings = load_settings(args)
     if settings is None:
         return 2
     try:
         folder = find_labelled_files(args.folder, args.manifest, args.split)
-        classifier = load_classifier(settings.model_path, settings.card_path,
-                                     settings.wide_threads or settings.intra_op_threads)
+        classifier = load_local_classifier(settings)
     except (ValidationSetError, ModelLoadError, OSError) as err:
         print(f"dscnet validate: {err}", file=sys.stderr)
         return 2
-    report = validate(classifier, folder, max_upload_bytes=settings.max_upload_bytes,
-                      max_pixels=settings.max_pixels, batch_size=settings.max_batch_images)
+    report = validate(classifier, folder, settings)
     figures = report.as_dict()
     print(json.dumps(figures, indent=2) if args.json else format_report(figures))
     return 1 if report.errors else 0
