@@ -31,17 +31,24 @@ def asgi_post(
     return sent
 
 
-def post_endless_body(client: TestClient, headers: list[tuple[bytes, bytes]]) -> tuple[list[dict], list[dict]]:
-    """POST /predict whose body never ends; return (body messages pulled, messages sent back)."""
-    pulled: list[dict] = []
+def response_body(sent: list[dict]) -> bytes:
+    """The body of the answer from the ASGI messages the app sent."""
+    return b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def post_endless_body(
+    client: TestClient, headers: list[tuple[bytes, bytes]], *, path: str = "/predict",
+    content_type: bytes = MULTIPART, head: bytes = b"",
+) -> tuple[list[bytes], list[dict]]:
+    """POST whose body never ends (`head`, then zeros without end); return (chunks pulled, messages sent back)."""
+    pulled: list[bytes] = []
 
     async def receive() -> dict:
-        message = {"type": "http.request", "body": b"\0" * 65536, "more_body": True}
-        pulled.append(message)
-        return message
+        chunk = head if head and not pulled else b"\0" * 65536
+        pulled.append(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": True}
 
-    headers = [(b"content-type", MULTIPART), *headers]
-    return pulled, asgi_post(client, "/predict", headers, receive)
+    return pulled, asgi_post(client, path, [(b"content-type", content_type), *headers], receive)
 
 
 def post_stalled_body(

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import helpers_images as images
-from helpers_asgi import MULTIPART, PART_START, post_endless_body, post_stalled_body
+from helpers_asgi import MULTIPART, PART_START, post_endless_body, post_stalled_body, response_body
 from app.main import create_app
 from app.settings import Settings
 
@@ -185,7 +185,7 @@ def test_declared_length_over_the_limit_is_refused_before_reading(small_limit_cl
     pulled, sent = post_endless_body(small_limit_client, [(b"content-length", b"10000000000")])
     assert pulled == []
     assert sent[0]["status"] == 413
-    assert b"request_too_large" in b"".join(m.get("body", b"") for m in sent[1:])
+    assert b"request_too_large" in response_body(sent)
 
 
 def test_validation_errors_use_the_error_body(tiny_model: Path) -> None:
@@ -237,7 +237,7 @@ def test_a_body_that_stalls_is_answered_408(
     silence for as long as its connection stays open (it would hold an admission slot)."""
     sent = post_stalled_body(impatient_client, path, content_type, first)
     assert sent[0]["status"] == 408
-    body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    body = json.loads(response_body(sent))
     if body_shape == "common":
         assert body["error"]["code"] == "body_timeout"
         assert "did not arrive within 0.2 s" in body["error"]["detail"]

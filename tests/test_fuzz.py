@@ -41,7 +41,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 import helpers_images as images
-from helpers_asgi import asgi_post
+from helpers_asgi import post_endless_body, response_body
 from app.imaging import IMAGE_SIZE, ImageDecodeError, decode_image
 from app.main import create_app
 from app.settings import Settings
@@ -351,20 +351,6 @@ def test_a_non_utf8_file_name_is_echoed_replaced_in_a_batch(client: TestClient) 
 # --- an endless upload is cut off at the limit, while it streams ------------------------------
 
 
-def stream_forever(client: TestClient, path: str, content_type: bytes, head: bytes) -> tuple[int, bytes, int]:
-    """Send an endless body, straight through ASGI without Content-Length; (status, body, bytes pulled)."""
-    pulled = 0
-
-    async def receive() -> dict:
-        nonlocal pulled
-        chunk = head if pulled == 0 else b"\0" * 65536
-        pulled += len(chunk)
-        return {"type": "http.request", "body": chunk, "more_body": True}
-
-    sent = asgi_post(client, path, [(b"content-type", content_type)], receive)
-    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), pulled
-
-
 @pytest.mark.parametrize(
     ("path", "content_type", "head", "code"),
     [
@@ -381,8 +367,9 @@ def test_an_endless_upload_is_cut_off_at_the_limit(
 ) -> None:
     limits = {"max_upload_bytes": 64 * 1024, "max_batch_bytes": 256 * 1024}
     with TestClient(create_app(Settings(model_path=tiny_model, ort_threads=1, **limits))) as client:
-        status, body, pulled = stream_forever(client, path, content_type, head)
-        assert status == 413 and code in body
+        chunks, sent = post_endless_body(client, [], path=path, content_type=content_type, head=head)
+        pulled = sum(map(len, chunks))
+        assert sent[0]["status"] == 413 and code in response_body(sent)
         limit = limits["max_batch_bytes"] if path != "/predict" else limits["max_upload_bytes"]
         assert pulled <= limit + 2 * 65536 + 64 * 1024  # stopped within a chunk or two of its limit
         assert client.get("/health/ready").status_code == 200

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from app.labels import CLASS_IDS
 from synthetic import make_dataset
+from training.data import Sample, write_manifest
 from training.resolution import main as resolution_main
 from training.shifts import lower_resolution
 
@@ -32,12 +33,9 @@ def test_fewer_pixels_keep_the_shape_and_lose_the_detail() -> None:
 def test_the_audit_prints_one_row_per_side(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data = make_dataset(tmp_path / "data", per_class=2)
     manifest = tmp_path / "split.csv"
-    with manifest.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "sha256", "class", "group", "split"])
-        for folder, label in (("Benign", "benign"), ("Pro", "pro_b")):
-            for path in sorted((data / folder).iterdir()):
-                writer.writerow([f"{folder}/{path.name}", "0" * 64, label, "g", "test"])
+    write_manifest([Sample(f"{folder}/{path.name}", "0" * 64, CLASS_IDS.index(label), "g", "test")
+                    for folder, label in (("Benign", "benign"), ("Pro", "pro_b"))
+                    for path in sorted((data / folder).iterdir())], manifest)
     resolution_main(["--model", str(tiny_model), "--manifest", str(manifest), "--data-dir", str(data),
                      "--sides", "224", "64"])
     lines = capsys.readouterr().out.splitlines()

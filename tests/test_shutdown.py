@@ -21,6 +21,7 @@ import helpers_images as images
 from app.cli import build_server
 from app.settings import Settings
 import helpers_wait as waiting
+from helpers_asgi import response_body
 from helpers_serve import ServiceProcess
 
 BOUNDARY = "shutdownboundary"
@@ -170,6 +171,6 @@ async def ready_status(app) -> tuple[int, str]:
         "query_string": b"", "headers": [], "client": ("127.0.0.1", 1), "server": ("testserver", 80),
     }
     await app(scope, receive, send)
-    body = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+    body = json.loads(response_body(sent))
     return sent[0]["status"], body["detail"] if body["status"] != "ready" else "ready"
 

@@ -6,14 +6,15 @@ The tiny test model reads colour: red -> benign, green -> early_pre_b, blue -> p
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 
 import helpers_images as images
+from app.labels import CLASS_IDS
 from dscnet_cli import main
+from training.data import Sample, write_manifest
 
 pytestmark = pytest.mark.usefixtures("restore_root_logging")
 
@@ -78,10 +79,8 @@ def test_a_manifest_split_selects_the_images(lab_folder: Path, tiny_model: Path,
     manifest = tmp_path / "split.csv"
     rows = [("Benign/a.png", "benign", "test"), ("Benign/c.png", "benign", "train"),
             ("early_pre_b/d.png", "early_pre_b", "test"), ("Pre/gone.png", "pre_b", "test")]
-    with manifest.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "sha256", "class", "group", "split"])
-        writer.writerows((file, "0" * 64, label, "g", split) for file, label, split in rows)
+    write_manifest([Sample(file, "0" * 64, CLASS_IDS.index(label), "g", split) for file, label, split in rows],
+                   manifest)
     code, out, _ = run(capsys, str(lab_folder), "--model", str(tiny_model), "--manifest", str(manifest),
                        "--split", "test", "--json")
     figures = json.loads(out)
