@@ -11,7 +11,14 @@ import keras  # noqa: E402
 
 import helpers_smears as smears  # noqa: E402
 from training.augment import SmearAugment, TrainingFeed, augmenter, recompress_jpeg, stain_transfer  # noqa: E402
-from training.shifts import CORNER_HEIGHT, CORNER_WIDTH, image_colour_statistics, reinhard_transfer  # noqa: E402
+from training.shifts import (  # noqa: E402
+    CORNER_HEIGHT,
+    CORNER_WIDTH,
+    HED_FROM_RGB,
+    RGB_FROM_HED,
+    image_colour_statistics,
+    reinhard_transfer,
+)
 
 
 def _smears(count: int) -> np.ndarray:
@@ -97,6 +104,70 @@ def test_augmentation_changes_each_image_within_the_pixel_range() -> None:
         assert np.all(np.abs(out - x).mean(axis=(1, 2, 3)) > 1.0)
         again = keras.ops.convert_to_numpy(layer(x, training=True))
         assert not np.array_equal(out, again)  # a new draw each call
+
+
+class StepByStep(SmearAugment):
+    """The augmentation as first written, one op per step, drawing the same random numbers in the
+    same order: the reference that the layer's rearranged arithmetic must reproduce."""
+
+    def call(self, x, training=False):
+        x = self.zoom_shift(self.turn(keras.ops.cast(x, "float32")))
+        return keras.ops.clip(self.blur_and_noise(self.illumination(self.stain_jitter(x))), 0.0, 255.0)
+
+    def turn(self, x):
+        ops = keras.ops
+        x = ops.where(self._chance(x, 0.5), ops.transpose(x, (0, 2, 1, 3)), x)
+        x = ops.where(self._chance(x, 0.5), ops.flip(x, axis=1), x)
+        return ops.where(self._chance(x, 0.5), ops.flip(x, axis=2), x)
+
+    def zoom_shift(self, x):
+        ops = keras.ops
+        batch, side = ops.shape(x)[0], float(ops.shape(x)[1] - 1)
+        size = keras.random.uniform((batch, 1), 0.8, 1.0, seed=self.generator)
+        top = keras.random.uniform((batch, 1), 0.0, 1.0, seed=self.generator) * (1.0 - size)
+        left = keras.random.uniform((batch, 1), 0.0, 1.0, seed=self.generator) * (1.0 - size)
+        zero = ops.zeros_like(size)
+        transform = ops.concatenate([size, zero, left * side, zero, size, top * side, zero, zero], axis=1)
+        return ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="nearest")
+
+    def stain_jitter(self, x):
+        ops = keras.ops
+        stains = ops.einsum("bhwc,cs->bhws", -ops.log((x + 1.0) / 256.0), HED_FROM_RGB)
+        stains = stains * self._uniform(x, 0.7, 1.3, 3) + self._uniform(x, -0.08, 0.08, 3)
+        return 256.0 * ops.exp(-ops.einsum("bhws,sc->bhwc", stains, RGB_FROM_HED)) - 1.0
+
+    def illumination(self, x):
+        ops = keras.ops
+        x = x * self._uniform(x, 0.88, 1.12, 3) * self._uniform(x, 0.7, 1.3)
+        mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+        x = (x - mean) * self._uniform(x, 0.7, 1.3) + mean
+        x = 255.0 * ops.power(ops.clip(x, 0.0, 255.0) / 255.0, self._uniform(x, 0.67, 1.5))
+        grey = ops.mean(x, axis=3, keepdims=True)
+        return grey + (x - grey) * ops.where(self._chance(x, 0.1), 0.0, self._uniform(x, 0.6, 1.4))
+
+    def blur_and_noise(self, x):
+        ops = keras.ops
+        sigma = keras.random.uniform((), 0.5, self.blur_sigma_max, seed=self.generator)
+        taps = ops.arange(-6, 7, dtype="float32")  # the kernel for sigma up to 2.0
+        kernel = ops.exp(-0.5 * ops.square(taps / sigma))
+        kernel = kernel / ops.sum(kernel)
+        rows = ops.tile(ops.reshape(kernel, (13, 1, 1, 1)), (1, 1, 3, 1))
+        blurred = ops.depthwise_conv(ops.depthwise_conv(x, rows, padding="same"),
+                                     ops.reshape(rows, (1, 13, 3, 1)), padding="same")
+        x = ops.where(self._chance(x, self.blur_share), blurred, x)
+        return x + keras.random.normal(ops.shape(x), seed=self.generator) * self._uniform(x, 0.0, 4.0)
+
+
+def test_augmentation_draws_and_computes_what_the_step_by_step_form_does() -> None:
+    # a whole batch, so that every per-image choice (turn, flip, blur, grayscale) is taken both ways
+    x = (np.stack([smears.smear(seed=s) for s in range(24)])).astype(np.float32)
+    fast, reference = SmearAugment(seed=7), StepByStep(seed=7)
+    for _ in range(3):  # the generators advance alike from call to call
+        got = keras.ops.convert_to_numpy(fast(x, training=True))
+        want = keras.ops.convert_to_numpy(reference(x, training=True))
+        # the same image to within float rounding (0.05 of a grey level), not merely alike
+        assert np.abs(got - want).max() < 0.05
+        assert np.abs(got - x).mean() > 1.0
 
 
 def test_orientation_gives_the_eight_turns_and_flips_of_the_square() -> None:

@@ -121,8 +121,7 @@ class SmearAugment(keras.layers.Layer):
         if not training:
             return x
         x = ops.cast(x, "float32")
-        x = self.orient(x)
-        x = self.zoom_shift(x)
+        x = self.frame(x)
         if self.stain_transfer > 0:
             x = stain_transfer(x, self.colour_means, self.colour_stds, self.stain_transfer, self.generator)
         x = self.stain_jitter(x)
@@ -130,48 +129,69 @@ class SmearAugment(keras.layers.Layer):
         x = self.blur_and_noise(x)
         return ops.clip(x, 0.0, 255.0)
 
+    # Every step draws its random numbers in the order of the recipe as first written (turns,
+    # framing, stain, illumination, focus, noise), so a seed gives the same augmentation as it
+    # always did; the arithmetic is arranged for a CPU, where TensorFlow runs each op as its own
+    # pass over the batch and broadcasts a per-image factor slowly: a turn and a crop are one
+    # resampling, per-image colour changes are one 3x3 matrix per image, and per-image choices
+    # select whole rows of a (batch, pixels) view. tests/test_augment.py holds the step-by-step
+    # form and checks that both agree.
+
     def _uniform(self, x, low: float, high: float, channels: int = 1):
         return keras.random.uniform((ops.shape(x)[0], 1, 1, channels), low, high, seed=self.generator)
 
     def _chance(self, x, probability: float):
         return self._uniform(x, 0.0, 1.0) < probability
 
-    def orient(self, x):
-        """One of the 8 turns and flips of the square, uniformly: transpose, then flip each axis at will."""
-        x = ops.where(self._chance(x, 0.5), ops.transpose(x, (0, 2, 1, 3)), x)
-        x = ops.where(self._chance(x, 0.5), ops.flip(x, axis=1), x)
-        return ops.where(self._chance(x, 0.5), ops.flip(x, axis=2), x)
+    def _orientation(self, x):
+        """Transpose, flip the rows, flip the columns: one chance in two each (the 8 turns and flips)."""
+        return [ops.reshape(ops.cast(self._chance(x, 0.5), "float32"), (-1, 1)) for _ in range(3)]
 
-    def zoom_shift(self, x):
-        """Crop a random square of 80-100% of the side anywhere in the field, resized back."""
-        batch, height, width = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+    def orient(self, x):
+        """One of the 8 turns and flips of the square, uniformly, without framing."""
+        ones = ops.ones((ops.shape(x)[0], 1))
+        return _resample(x, *self._orientation(x), size=ones, top=0.0 * ones, left=0.0 * ones)
+
+    def frame(self, x):
+        """A turn or flip, then a crop of a random square of 80-100% of the side anywhere in the
+        field, resized back: one bilinear resampling."""
+        turn = self._orientation(x)
+        batch = ops.shape(x)[0]
         size = keras.random.uniform((batch, 1), 0.8, 1.0, seed=self.generator)
         top = keras.random.uniform((batch, 1), 0.0, 1.0, seed=self.generator) * (1.0 - size)
         left = keras.random.uniform((batch, 1), 0.0, 1.0, seed=self.generator) * (1.0 - size)
-        zero = ops.zeros_like(size)
-        # each output pixel (col, row) reads input (size*col + left*width, size*row + top*height)
-        transform = ops.concatenate([size, zero, left * ops.cast(width - 1, "float32"),
-                                     zero, size, top * ops.cast(height - 1, "float32"), zero, zero], axis=1)
-        return ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="nearest")
+        return _resample(x, *turn, size=size, top=top, left=left)
 
     def stain_jitter(self, x):
-        density = -ops.log((x + 1.0) / 256.0)
-        stains = ops.einsum("bhwc,cs->bhws", density, HED_FROM_RGB)
-        stains = stains * self._uniform(x, 0.7, 1.3, 3) + self._uniform(x, -0.08, 0.08, 3)
-        density = ops.einsum("bhws,sc->bhwc", stains, RGB_FROM_HED)
-        return 256.0 * ops.exp(-density) - 1.0
+        """Scale and shift each stain's optical density in HED space (Tellez et al. 2019)."""
+        scale = ops.reshape(self._uniform(x, 0.7, 1.3, 3), (-1, 1, 3))
+        shift = ops.reshape(self._uniform(x, -0.08, 0.08, 3), (-1, 1, 3))
+        # (density @ HED * scale + shift) @ RGB == density @ (HED diag(scale) RGB) + shift @ RGB
+        matrix = ops.matmul(HED_FROM_RGB[None] * scale, RGB_FROM_HED)
+        density = np.log(256.0) - ops.log(_pixel_rows(x) + 1.0)
+        density = ops.matmul(density, matrix) + ops.matmul(shift, RGB_FROM_HED)
+        return ops.reshape(256.0 * ops.exp(-density) - 1.0, ops.shape(x))
 
     def illumination(self, x):
-        x = x * self._uniform(x, 0.88, 1.12, 3)  # colour cast / white balance
-        x = x * self._uniform(x, 0.7, 1.3)  # brightness
-        mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
-        x = (x - mean) * self._uniform(x, 0.7, 1.3) + mean  # contrast
-        x = 255.0 * ops.power(ops.clip(x, 0.0, 255.0) / 255.0, self._uniform(x, 0.67, 1.5))
-        grey = ops.mean(x, axis=3, keepdims=True)
-        saturation = ops.where(self._chance(x, 0.1), 0.0, self._uniform(x, 0.6, 1.4))  # 10%: grayscale
-        return grey + (x - grey) * saturation
+        """Colour cast, brightness, contrast about the image's mean, gamma, saturation (10%: grayscale)."""
+        cast = self._uniform(x, 0.88, 1.12, 3)  # white balance
+        brightness = self._uniform(x, 0.7, 1.3)
+        contrast = self._uniform(x, 0.7, 1.3)
+        gamma = ops.reshape(self._uniform(x, 0.67, 1.5), (-1, 1, 1))
+        saturation = ops.where(self._chance(x, 0.1), 0.0, self._uniform(x, 0.6, 1.4))
+        gain = cast * brightness  # per image and channel
+        mean = ops.mean(gain * ops.mean(x, axis=(1, 2), keepdims=True), axis=3, keepdims=True)
+        # (x * gain - mean) * contrast + mean, as one 3x3 (diagonal) matrix and an offset per image
+        scale = ops.reshape(gain * contrast, (-1, 3))
+        offset = ops.reshape(mean * (1.0 - contrast), (-1, 1, 1))
+        rows = ops.matmul(_pixel_rows(x), scale[:, :, None] * ops.eye(3)) + offset
+        rows = 255.0 * ops.exp(gamma * ops.log(ops.clip(rows, 0.0, 255.0) / 255.0))  # 0 stays 0
+        grey = ops.mean(rows, axis=2, keepdims=True)
+        rows = grey + (rows - grey) * ops.reshape(saturation, (-1, 1, 1))
+        return ops.reshape(rows, ops.shape(x))
 
     def blur_and_noise(self, x):
+        """Gaussian blur of a share of the images (one sigma per batch), then sensor noise."""
         sigma = keras.random.uniform((), 0.5, self.blur_sigma_max, seed=self.generator)
         reach = int(np.ceil(3 * self.blur_sigma_max))  # kernel half-width: 3 sigma
         taps = ops.arange(-reach, reach + 1, dtype="float32")
@@ -180,9 +200,10 @@ class SmearAugment(keras.layers.Layer):
         rows = ops.tile(ops.reshape(kernel, (2 * reach + 1, 1, 1, 1)), (1, 1, 3, 1))
         cols = ops.tile(ops.reshape(kernel, (1, 2 * reach + 1, 1, 1)), (1, 1, 3, 1))
         blurred = ops.depthwise_conv(ops.depthwise_conv(x, rows, padding="same"), cols, padding="same")
-        x = ops.where(self._chance(x, self.blur_share), blurred, x)
-        noise = keras.random.normal(ops.shape(x), seed=self.generator) * self._uniform(x, 0.0, 4.0)
-        return x + noise
+        x = _select_images(self._chance(x, self.blur_share), blurred, x)
+        noise = keras.random.normal(ops.shape(x), seed=self.generator)
+        strength = ops.reshape(self._uniform(x, 0.0, 4.0), (-1, 1))
+        return ops.reshape(_flat(x) + _flat(noise) * strength, ops.shape(x))
 
     def get_config(self) -> dict:
         # the colour statistics are training data, not configuration: not saved
@@ -221,3 +242,37 @@ def augmenter(images: np.ndarray, stain_transfer_share: float, seed: int, **focu
         return SmearAugment(seed=seed, name="augment", **focus)
     means, stds = image_colour_statistics(fill_corner(images))
     return SmearAugment(stain_transfer_share, means, stds, seed=seed, name="augment", **focus)
+
+
+def _pixel_rows(x):
+    """NHWC as (batch, pixels, channels)."""
+    return ops.reshape(x, (ops.shape(x)[0], -1, ops.shape(x)[3]))
+
+
+def _flat(x):
+    """NHWC as (batch, values)."""
+    return ops.reshape(x, (ops.shape(x)[0], -1))
+
+
+def _select_images(chosen, a, b):
+    """Per image: `a` where `chosen` (batch, 1, 1, 1), else `b`."""
+    return ops.reshape(ops.where(ops.reshape(chosen, (-1, 1)), _flat(a), _flat(b)), ops.shape(a))
+
+
+def _resample(x, transposed, flip_rows, flip_cols, *, size, top, left):
+    """Transpose and flip each image at will (floats 0/1, (batch, 1)), then crop the square of
+    side `size` (a share of the side) at `top`, `left` (shares of the side) and resize it back
+    with bilinear interpolation: one projective transform per image."""
+    height, width = ops.cast(ops.shape(x)[1] - 1, "float32"), ops.cast(ops.shape(x)[2] - 1, "float32")
+    # in the turned image, output pixel (col, row) reads (size*col + left*width, size*row + top*height);
+    # a flip mirrors that coordinate (c -> width - c), a transpose swaps the two
+    col_sign, row_sign = 1.0 - 2.0 * flip_cols, 1.0 - 2.0 * flip_rows
+    col_offset = flip_cols * width + col_sign * left * width
+    row_offset = flip_rows * height + row_sign * top * height
+    straight = 1.0 - transposed
+    zero = ops.zeros_like(size)
+    transform = ops.concatenate([
+        straight * col_sign * size, transposed * row_sign * size, straight * col_offset + transposed * row_offset,
+        transposed * col_sign * size, straight * row_sign * size, straight * row_offset + transposed * col_offset,
+        zero, zero], axis=1)
+    return ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="nearest")
