@@ -10,7 +10,14 @@ pytest.importorskip("keras", reason="the [train] extra is not installed")  # CI 
 import keras  # noqa: E402
 
 import helpers_smears as smears  # noqa: E402
-from training.augment import SmearAugment, TrainingFeed, augmenter, recompress_jpeg, stain_transfer  # noqa: E402
+from training.augment import (  # noqa: E402
+    SmearAugment,
+    TrainingFeed,
+    _resample,
+    augmenter,
+    recompress_jpeg,
+    stain_transfer,
+)
 from training.shifts import (  # noqa: E402
     CORNER_HEIGHT,
     CORNER_WIDTH,
@@ -173,7 +180,13 @@ def test_augmentation_draws_and_computes_what_the_step_by_step_form_does() -> No
 def test_orientation_gives_the_eight_turns_and_flips_of_the_square() -> None:
     image = np.arange(4 * 4 * 3, dtype=np.float32).reshape(1, 4, 4, 3)
     layer = SmearAugment(seed=1)
-    seen = {keras.ops.convert_to_numpy(layer.orient(image))[0].tobytes() for _ in range(200)}
+    whole, corner = np.ones((1, 1), np.float32), np.zeros((1, 1), np.float32)  # framing: the whole field
+
+    def turned() -> np.ndarray:
+        return keras.ops.convert_to_numpy(_resample(image, *layer._orientation(image), size=whole, top=corner,
+                                                    left=corner))
+
+    seen = {turned()[0].tobytes() for _ in range(200)}
     square = image[0]
     expected = {np.ascontiguousarray(t).tobytes()
                 for k in range(4) for t in (np.rot90(square, k), np.rot90(square[:, ::-1], k))}

@@ -147,11 +147,6 @@ class SmearAugment(keras.layers.Layer):
         """Transpose, flip the rows, flip the columns: one chance in two each (the 8 turns and flips)."""
         return [ops.reshape(ops.cast(self._chance(x, 0.5), "float32"), (-1, 1)) for _ in range(3)]
 
-    def orient(self, x):
-        """One of the 8 turns and flips of the square, uniformly, without framing."""
-        ones = ops.ones((ops.shape(x)[0], 1))
-        return _resample(x, *self._orientation(x), size=ones, top=0.0 * ones, left=0.0 * ones)
-
     def frame(self, x):
         """A turn or flip, then a crop of a random square of 80-100% of the side anywhere in the
         field, resized back: one bilinear resampling."""
