@@ -19,7 +19,7 @@ from app.quality import QualityWarning
 from app.uploads import Upload
 
 
-def png(pixels: np.ndarray) -> Upload:
+def png_upload(pixels: np.ndarray) -> Upload:
     return Upload("image.png", images.encode(Image.fromarray(pixels), "PNG"))
 
 
@@ -45,16 +45,16 @@ def test_the_quality_checks_run_while_the_model_runs(
 
     monkeypatch.setattr(pipeline, "assess_quality", check)
     monkeypatch.setattr(classifier, "predict_batch", predict)
-    (item,) = classify_uploads(classifier, [png(smears.smear())], max_pixels=DEFAULT_MAX_PIXELS).items
+    (item,) = classify_uploads(classifier, [png_upload(smears.smear())], max_pixels=DEFAULT_MAX_PIXELS).items
     assert item.label is not None and item.warnings == []
 
 
 def test_each_image_keeps_its_own_warnings_and_referral(classifier: OnnxClassifier) -> None:
     uploads = [
-        png(smears.scaled(smears.smear(), 0.4)),
+        png_upload(smears.scaled(smears.smear(), 0.4)),
         Upload("notes.txt", images.text_file()),
-        png(smears.smear(1)),
-        png(smears.blurred(smears.smear(2))),
+        png_upload(smears.smear(1)),
+        png_upload(smears.blurred(smears.smear(2))),
     ]
     outcome = classify_uploads(classifier, uploads, max_pixels=DEFAULT_MAX_PIXELS)
     dark, text, good, blurred = outcome.items
@@ -77,4 +77,4 @@ def test_a_failing_model_run_is_raised_not_hidden_by_the_checks(
 
     monkeypatch.setattr(classifier, "predict_batch", fail)
     with pytest.raises(RuntimeError, match="the session failed"):
-        classify_uploads(classifier, [png(smears.smear())], max_pixels=DEFAULT_MAX_PIXELS)
+        classify_uploads(classifier, [png_upload(smears.smear())], max_pixels=DEFAULT_MAX_PIXELS)
