@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi.testclient import TestClient
-from PIL import Image
 
 import helpers_smears as smears
 from app.main import create_app
 from app.settings import Settings
 from helpers_onnx import CALIBRATION, build_tiny_model, write_card
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
+from synthetic import png_bytes
 
 
 def smear_png(seed: int = 0) -> bytes:
-    return png(smears.smear(seed))
+    return png_bytes(smears.smear(seed))
 
 
 def model_with(folder: Path, calibration: dict[str, Any] | None = None, with_activation: bool = True) -> Path:

@@ -15,7 +15,8 @@ import helpers_images as images
 import helpers_smears as smears
 from app.calibration import NO_THRESHOLD_REASON, apply_temperature
 from app.labels import CLASS_IDS
-from helpers_lab import calibration, client_for, model_with, png, smear_png
+from helpers_lab import calibration, client_for, model_with, smear_png
+from synthetic import png_bytes
 
 
 def post(client, data: bytes, path: str = "/predict", **kwargs):
@@ -64,14 +65,14 @@ def test_a_low_confidence_case_is_referred_with_its_numbers(tmp_path: Path) -> N
 )
 def test_a_quality_warning_is_reported_and_refers_the_case(tmp_path: Path, make, code: str) -> None:
     with client_for(model_with(tmp_path, calibration(threshold=0.0))) as client:
-        body = post(client, png(make())).json()
+        body = post(client, png_bytes(make())).json()
     assert [w["code"] for w in body["warnings"]] == [code]
     assert body["warnings"][0]["detail"]
     assert body["refer_to_human"] is True and body["refer_reason"] == f"image quality warnings: {code}"
 
 
 def test_batch_results_carry_the_same_fields(tmp_path: Path) -> None:
-    files = [("images", ("a.png", smear_png(), "image/png")), ("images", ("b.png", png(smears.landscape()), "image/png")),
+    files = [("images", ("a.png", smear_png(), "image/png")), ("images", ("b.png", png_bytes(smears.landscape()), "image/png")),
              ("images", ("c.txt", images.text_file(), "text/plain"))]
     with client_for(model_with(tmp_path, calibration(threshold=0.3))) as client:
         results = client.post("/predict-batch", files=files).json()["results"]
@@ -110,7 +111,7 @@ def test_explain_returns_the_png_and_the_prediction_in_headers(tmp_path: Path) -
 
 def test_explain_headers_carry_referral_and_warnings(tmp_path: Path) -> None:
     with client_for(model_with(tmp_path)) as client:
-        response = post(client, png(smears.blurred(smears.smear())), path="/explain")
+        response = post(client, png_bytes(smears.blurred(smears.smear())), path="/explain")
     assert response.headers["x-dscnet-refer-to-human"] == "true"
     assert response.headers["x-dscnet-warnings"] == "out_of_focus"
     assert NO_THRESHOLD_REASON in response.headers["x-dscnet-refer-reason"]
@@ -120,7 +121,7 @@ def test_explain_the_tiny_model_highlights_the_coloured_patch(tmp_path: Path) ->
     pixels = np.zeros((224, 224, 3), dtype=np.uint8)
     pixels[110:214, 110:214] = (20, 20, 230)  # blue: the tiny model's evidence for pre_b
     with client_for(model_with(tmp_path)) as client:
-        response = post(client, png(pixels), path="/explain")
+        response = post(client, png_bytes(pixels), path="/explain")
     assert response.headers["x-dscnet-label"] == "pre_b"
     overlay = np.asarray(Image.open(io.BytesIO(response.content))).astype(int)
     changed = np.abs(overlay - pixels).sum(axis=-1) > 0

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import app.pipeline as pipeline
 import helpers_images as images
@@ -17,10 +16,11 @@ from app.imaging import DEFAULT_MAX_PIXELS
 from app.pipeline import classify_uploads
 from app.quality import QualityWarning
 from app.uploads import Upload
+from synthetic import png_bytes
 
 
 def png_upload(pixels: np.ndarray) -> Upload:
-    return Upload("image.png", images.encode(Image.fromarray(pixels), "PNG"))
+    return Upload("image.png", png_bytes(pixels))
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 import helpers_smears as smears
-from helpers_lab import calibration, model_with, png
+from helpers_lab import calibration, model_with
+from synthetic import png_bytes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("DSCNET_CHROMIUM", "/usr/bin/chromium"))
@@ -90,9 +91,9 @@ def browser():
 
 def test_a_technician_classifies_chosen_and_dropped_images(browser, server: str, tmp_path: Path) -> None:
     smear_file = tmp_path / "smear-001.png"
-    smear_file.write_bytes(png(smears.smear()))
+    smear_file.write_bytes(png_bytes(smears.smear()))
     photo_file = tmp_path / "holiday.png"
-    photo_file.write_bytes(png(smears.landscape()))
+    photo_file.write_bytes(png_bytes(smears.landscape()))
     notes_file = tmp_path / "notes.txt"
     notes_file.write_text("not an image\n")
 
@@ -137,7 +138,7 @@ def test_a_technician_classifies_chosen_and_dropped_images(browser, server: str,
     assert page.inner_text("#status") == "Done: 3 image(s), 1 referred to a human, 1 not classified."
 
     # Dropping a file on the zone does the same as choosing it.
-    data = base64.b64encode(png(smears.blurred(smears.smear(1)))).decode()
+    data = base64.b64encode(png_bytes(smears.blurred(smears.smear(1)))).decode()
     transfer = page.evaluate_handle(
         """(b64) => {
             const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
