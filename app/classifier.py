@@ -84,9 +84,14 @@ class RunLanes:
         try:
             yield wide
         finally:
+            freed = self.runs if wide else 1
             with self._ready:
-                self._busy -= self.runs if wide else 1
-                self._ready.notify_all()
+                self._busy -= freed
+                # Wake one waiter per freed lane, not all of them: under load most requests
+                # wait here, and waking them all on every run's end cost each a GIL trip.
+                # A waiter whose lane a newcomer took waits again, and that newcomer's own
+                # end wakes the next, so no wake-up is lost.
+                self._ready.notify(freed)
 
 
 class OnnxClassifier:

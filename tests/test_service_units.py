@@ -264,8 +264,10 @@ def test_concurrent_runs_are_narrow_and_never_more_than_the_lanes() -> None:
     blocker = LaneProbe(lanes)  # wide
     assert blocker.held.wait(10)
     probes = [LaneProbe(lanes) for _ in range(3)]
+    wait_for(lambda: lanes._waiting == 3, "the three probes to wait")  # so the end below must wake two
     blocker.finish()
-    wait_for(lambda: sum(p.held.is_set() for p in probes) == 2, "two probes to hold lanes")
+    # Both freed lanes are taken at once (well before a probe gives its lane up by itself).
+    wait_for(lambda: sum(p.held.is_set() for p in probes) == 2, "two probes to hold lanes", timeout_s=5)
     assert not any(p.wide for p in probes if p.held.is_set())
     time.sleep(0.1)
     assert sum(p.held.is_set() for p in probes) == 2  # the third waits for a lane
@@ -273,6 +275,33 @@ def test_concurrent_runs_are_narrow_and_never_more_than_the_lanes() -> None:
     assert results == [False, False, False]
     with lanes.take() as wide:  # all quiet again: alone, so wide
         assert wide
+
+
+def test_many_threads_taking_lanes_all_finish_within_the_lanes() -> None:
+    """A run's end wakes one waiter per lane it frees: under churn no waiter is left asleep,
+    and the lanes held never exceed the lanes there are."""
+    lanes = RunLanes(runs=2, wide=True)
+    held, most, lock = [0], [0], threading.Lock()
+
+    def worker(seed: int) -> None:
+        pause = np.random.default_rng(seed).uniform(0, 0.0005, 100)
+        for seconds in pause:
+            with lanes.take() as wide:
+                with lock:
+                    held[0] += 2 if wide else 1
+                    most[0] = max(most[0], held[0])
+                time.sleep(seconds)
+                with lock:
+                    held[0] -= 2 if wide else 1
+
+    threads = [threading.Thread(target=worker, args=(seed,), daemon=True) for seed in range(12)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), "a thread is still waiting for a lane"
+    assert most[0] == 2 and held[0] == 0
 
 
 def test_lanes_without_a_wide_session_never_go_wide() -> None:
