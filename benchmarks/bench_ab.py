@@ -4,7 +4,9 @@ A service configuration measured after another one meets another machine: on the
 CPUs the same server's figures moved by up to 2x within the hour (docs/PERFORMANCE.md). Here
 every server is started first (an idle one costs nothing: onnxruntime's threads do not spin),
 then each round runs every load level on every server in turn, the order reversed every other
-round, so that drift falls on all of them alike. Per level it prints each server's median
+round, so that drift falls on all of them alike. Every round starts its servers afresh: two
+processes of the same code differed by 7 % in images/s here, one ahead in most rounds, when
+each kept its process through all of them (eleventh session). Per level it prints each server's median
 images/s (with the range over rounds), p50 latency and CPU ms per image, and in how many
 rounds it was ahead of the first server. The real model by default; prints figures, asserts
 nothing.
@@ -47,19 +49,19 @@ def main() -> None:
           + "; ".join(f"{name}: {path} {env or ''}" for name, path, env in specs), flush=True)
 
     results: dict[tuple[str, int], list[LoadResult]] = {}
-    with ExitStack() as stack:
-        servers = {name: stack.enter_context(dscnet_server(path.resolve(), args.model,
-                                                           {"DSCNET_LOG_LEVEL": "warning", **env}))
-                   for name, path, env in specs}
-        requests = {name: [multipart_request("/predict", "image", [image], server.url.removeprefix("http://"))
-                           for image in images] for name, server in servers.items()}
-        for name, server in servers.items():
-            run_load(server.url, requests[name], 4, 2.0, warm_up_s=0.0)  # warm caches and lazy paths
-        for round_ in range(args.rounds):
-            order = list(servers) if round_ % 2 == 0 else list(servers)[::-1]
+    for round_ in range(args.rounds):
+        order = specs if round_ % 2 == 0 else specs[::-1]
+        with ExitStack() as stack:
+            # New processes every round, all up before any is measured (an idle one costs nothing).
+            servers = {name: stack.enter_context(dscnet_server(path.resolve(), args.model,
+                                                               {"DSCNET_LOG_LEVEL": "warning", **env}))
+                       for name, path, env in order}
+            requests = {name: [multipart_request("/predict", "image", [image], server.url.removeprefix("http://"))
+                               for image in images] for name, server in servers.items()}
+            for name, server in servers.items():
+                run_load(server.url, requests[name], 4, 2.0, warm_up_s=0.0)  # warm caches and lazy paths
             for clients in args.clients:
-                for name in order:
-                    server = servers[name]
+                for name, server in servers.items():
                     result = with_cpu(server, lambda: run_load(server.url, requests[name], clients, args.duration_s,
                                                                min_requests=clients))
                     results.setdefault((name, clients), []).append(result)
@@ -68,8 +70,8 @@ def main() -> None:
                           f"{result.errors} errors", flush=True)
 
     first = specs[0][0]
-    print(f"\n| clients | server | images/s, median (range) | p50 ms, median | CPU ms/image, median | "
-          f"rounds ahead of {first} | errors |\n|---:|---|---:|---:|---:|---:|---:|")
+    print(f"\n| clients | server | images/s, median (range) | p50 ms, median | p99 ms, median | CPU ms/image, median | "
+          f"rounds ahead of {first} | errors |\n|---:|---|---:|---:|---:|---:|---:|---:|")
     for clients in args.clients:
         for name, _, _ in specs:
             runs = results[(name, clients)]
@@ -78,6 +80,7 @@ def main() -> None:
                 r.images_per_s > b.images_per_s for r, b in zip(runs, results[(first, clients)], strict=True)))
             print(f"| {clients} | {name} | {statistics.median(rates):.1f} ({min(rates):.1f}-{max(rates):.1f}) | "
                   f"{statistics.median(r.percentile_ms(50) for r in runs):.1f} | "
+                  f"{statistics.median(r.percentile_ms(99) for r in runs):.1f} | "
                   f"{statistics.median(r.cpu_ms_per_image for r in runs):.1f} | {ahead} | "
                   f"{sum(r.errors for r in runs)} |")
     print(f"\nload average at the end: {load_average()}")
