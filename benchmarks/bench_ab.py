@@ -6,9 +6,9 @@ every server is started first (an idle one costs nothing: onnxruntime's threads 
 then each round runs every load level on every server in turn, the order reversed every other
 round, so that drift falls on all of them alike. Every round starts its servers afresh: two
 processes of the same code differed by 7 % in images/s here, one ahead in most rounds, when
-each kept its process through all of them (eleventh session). Per level it prints each server's median
-images/s (with the range over rounds), p50 latency and CPU ms per image, and in how many
-rounds it was ahead of the first server. The real model by default; prints figures, asserts
+each kept its process through all of them (eleventh session). Per level it prints each
+server's median images/s (with the range over rounds), p50 and p99 latency and CPU ms per
+image, and in how many rounds it was ahead of the first server. The real model by default; prints figures, asserts
 nothing.
 
     python benchmarks/bench_ab.py --server lanes=. --server batched=.:DSCNET_BATCHING=true
