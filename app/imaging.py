@@ -7,8 +7,8 @@ model was trained with and the service refuses a model trained with another one.
 
 Contract of `decode_image(data)`:
   1. the bytes must be a single-frame JPEG, PNG, TIFF, BMP or WebP image, otherwise
-     `UnsupportedImageError`; bytes that claim a format but do not decode fully raise
-     `CorruptImageError`; more than `max_pixels` pixels raise `ImageTooLargeError`, checked
+     `UnsupportedImageError`; bytes that claim a format (its signature, or a header Pillow
+     reads) but do not decode fully raise `CorruptImageError`; more than `max_pixels` pixels raise `ImageTooLargeError`, checked
      from the header before any pixel is decoded (decompression bombs); a shorter side under
      `MIN_IMAGE_SIDE` pixels raises `ImageTooSmallError` (such a thumbnail cannot show a cell
      at the scale the model reads; resizing it up to 224 would only invent pixels);
@@ -104,10 +104,32 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
             raise CorruptImageError(f"the {image.format or 'image'} data is damaged or truncated: {err}") from err
 
 
+def claimed_format(data: bytes) -> str | None:
+    """The accepted format whose signature the bytes begin with, if any (whether or not they decode)."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return "TIFF"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data.startswith(b"BM") and data[6:10] == b"\x00\x00\x00\x00":  # the header's reserved bytes
+        return "BMP"
+    return None
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as err:
+        claimed = claimed_format(data)
+        if claimed is not None:
+            # Pillow no longer recognises e.g. a PNG whose header checksum is wrong; telling the
+            # sender to "send PNG" would be wrong, the file is a damaged one.
+            raise CorruptImageError(
+                f"the file starts like a {claimed} image but its header cannot be read: it is damaged or truncated"
+            ) from err
         raise UnsupportedImageError(
             "the file is not a recognised image; send JPEG, PNG, TIFF, BMP or WebP"
         ) from err

@@ -283,8 +283,9 @@ BAD_INPUT: list[tuple[str, Request, int, str]] = [
     *[(f"truncated {fmt}", predict(images.encode(_noise((64, 64)), fmt)[:200]), 400, "corrupt_image")
       for fmt in ("JPEG", "PNG", "TIFF", "BMP", "WEBP")],
     ("corrupt PNG pixel data", predict(png_damaged(b"IDAT", 200)), 400, "corrupt_image"),
-    # A damaged header is no longer recognised as a PNG at all: documented as 415.
-    ("corrupt PNG header (IHDR CRC)", predict(png_damaged(b"IHDR", 17)), 415, "unsupported_format"),
+    # Pillow no longer recognises a PNG with a damaged header; its signature still says PNG.
+    ("corrupt PNG header (IHDR CRC)", predict(png_damaged(b"IHDR", 17)), 400, "corrupt_image"),
+    ("a JPEG signature and nothing more", predict(b"\xff\xd8\xff"), 400, "corrupt_image"),
     ("zero bytes", predict(b""), 422, "empty_file"),
     ("a 1x1 image", predict(images.solid((200, 150, 220), (1, 1))), 422, "image_too_small"),
     ("a 4000x8 strip", predict(images.solid((200, 150, 220), (4000, 8))), 422, "image_too_small"),

@@ -15,6 +15,7 @@ from app.imaging import (
     ImageTooLargeError,
     ImageTooSmallError,
     UnsupportedImageError,
+    claimed_format,
     decode_image,
 )
 
@@ -107,6 +108,25 @@ def test_empty_bytes_are_refused():
 def test_text_is_not_an_image():
     with pytest.raises(UnsupportedImageError, match="not a recognised image"):
         decode_image(b"patient,result\n1,ALL\n")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF", "BMP", "WEBP"])
+def test_each_accepted_format_is_known_by_its_signature(fmt):
+    data = encode(Image.fromarray(gradient(64, 48)), fmt)
+    assert claimed_format(data) == fmt
+    # Its header overwritten after the signature: a damaged file (400), not an unsupported one (415),
+    # whether Pillow gives up identifying it (most formats) or reading its header (BMP).
+    keep = {"JPEG": 3, "PNG": 8, "TIFF": 4, "BMP": 2, "WEBP": 12}[fmt]
+    damaged = data[:keep] + (b"\x00" * 4 if fmt == "BMP" else b"") + b"\x7f" * 40
+    with pytest.raises(CorruptImageError, match="damaged"):
+        decode_image(damaged)
+
+
+def test_other_files_with_a_similar_start_are_still_not_images():
+    assert claimed_format(b"BMI report: patient 1, ALL") is None  # no BMP header's reserved zeros
+    assert claimed_format(b"RIFF\x24\x00\x00\x00WAVEfmt ") is None  # a RIFF file, but sound
+    with pytest.raises(UnsupportedImageError, match="not a recognised image"):
+        decode_image(b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 40)
 
 
 def test_gif_is_not_accepted():
