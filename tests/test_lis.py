@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,6 +109,21 @@ def test_hl7_message_parses_back_with_one_obx_per_probability() -> None:
     assert SHA in str(message.segment("NTE")[3])
 
 
+def test_hl7_message_with_explain_carries_the_heatmap_as_an_ed_obx() -> None:
+    explained = prediction(**REFERRED, explanation={"class_id": "early_pre_b", "png_base64": "iVBORw0KGgo="})
+    message = parsed(oru_r01(explained, LisContext(WHEN)))
+    obx = message.segments("OBX")
+    assert len(obx) == 1 + len(CLASS_IDS) + 2
+    heatmap = obx[-1]
+    assert str(heatmap[1]) == str(len(obx)) and str(heatmap[2]) == "ED" and str(heatmap[11]) == "P"
+    assert str(heatmap[3]).startswith("class-activation-heatmap^Class activation heatmap for Early pre-B")
+    source, kind, subtype, encoding, data = (str(heatmap[5][0][i]) for i in range(5))
+    assert (source, kind, subtype, encoding, data) == ("DSCNET", "IM", "PNG", "Base64", "iVBORw0KGgo=")
+    # The referral's notes still follow the referral OBX, before the heatmap.
+    assert [str(s[0]) for s in message][-4:] == ["OBX", "NTE", "NTE", "OBX"]
+    assert len(parsed(oru_r01(prediction(), LisContext(WHEN))).segments("OBX")) == 1 + len(CLASS_IDS) + 1
+
+
 def test_hl7_free_text_cannot_break_the_message() -> None:
     hostile = "X|Y^Z&W~V\\U\rMSH|evil"
     message = parsed(oru_r01(prediction(**REFERRED), LisContext(WHEN, patient_id=hostile, order_id="O|2")))
@@ -206,6 +222,14 @@ def test_predict_answers_hl7(lab_client, how: dict) -> None:
 def test_predict_fhir_with_explain_embeds_the_heatmap(lab_client) -> None:
     report = validated(post(lab_client, "/predict?format=fhir&explain=true").json())
     assert report.presentedForm[0].contentType == "image/png" and report.presentedForm[0].data
+
+
+def test_predict_hl7_with_explain_carries_the_same_heatmap_as_json(lab_client) -> None:
+    json_heatmap = post(lab_client, "/predict?explain=true").json()["explanation"]["png_base64"]
+    message = parsed(post(lab_client, "/predict?format=hl7&explain=true").text)
+    heatmap = message.segments("OBX")[-1]
+    assert str(heatmap[2]) == "ED" and str(heatmap[5][0][4]) == json_heatmap
+    assert base64.b64decode(json_heatmap).startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_the_query_parameter_wins_over_accept(lab_client) -> None:

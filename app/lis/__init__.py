@@ -24,6 +24,12 @@ SUBTYPE_CODE = "b-lineage-subtype"
 SUBTYPE_DISPLAY = "B-lineage leukaemia subtype from a blood-smear image (DSCNet, decision support)"
 REFER_CODE = "refer-to-human"
 REFER_DISPLAY = "Refer to a human reviewer"
+#: The heatmap of the predicted class (only with ?explain=true): FHIR presentedForm, HL7 v2 OBX of type ED.
+HEATMAP_CODE = "class-activation-heatmap"
+
+
+def heatmap_title(class_id: str) -> str:
+    return f"Class activation heatmap for {CLASS_NAMES[class_id]}"
 
 
 def probability_code(class_id: str) -> str:

@@ -28,6 +28,7 @@ from app.lis import (
     SUBTYPE_DISPLAY,
     SUBTYPE_SYSTEM,
     LisContext,
+    heatmap_title,
     probability_code,
     probability_display,
 )
@@ -66,7 +67,7 @@ def diagnostic_report(prediction: Prediction, context: LisContext) -> dict[str, 
         report["presentedForm"] = [{
             "contentType": prediction.explanation.media_type,
             "data": prediction.explanation.png_base64,
-            "title": f"Class activation heatmap for {CLASS_NAMES[prediction.explanation.class_id]}",
+            "title": heatmap_title(prediction.explanation.class_id),
         }]
     return report
 

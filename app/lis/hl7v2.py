@@ -9,6 +9,7 @@
     OBX  2..5: NM each class's calibrated probability, unit 1 (UCUM)
     OBX  6: CWE refer to a human, Y or N (HL7 table 0136), followed by an NTE with the reason
     NTE  one per quality warning
+    OBX  7: ED the heatmap PNG, only with ?explain=true: DSCNET^IM^PNG^Base64^<the PNG in base64>
     Every OBX: OBX-11 P, OBX-14 the observation time, OBX-17 the method, OBX-18 the model version.
 
 Free text is escaped (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\) and line breaks dropped, so nothing a client
@@ -20,7 +21,16 @@ from __future__ import annotations
 from datetime import datetime
 
 from app.labels import CLASS_IDS, CLASS_NAMES
-from app.lis import REFER_CODE, REFER_DISPLAY, SUBTYPE_CODE, SUBTYPE_DISPLAY, LisContext, probability_code
+from app.lis import (
+    HEATMAP_CODE,
+    REFER_CODE,
+    REFER_DISPLAY,
+    SUBTYPE_CODE,
+    SUBTYPE_DISPLAY,
+    LisContext,
+    heatmap_title,
+    probability_code,
+)
 from app.schemas import Prediction
 
 MEDIA_TYPE = "x-application/hl7-v2+er7"
@@ -80,6 +90,14 @@ def oru_r01(prediction: Prediction, context: LisContext) -> str:
     notes = [f"Referred to a human: {prediction.refer_reason}"] if prediction.refer_reason else []
     notes += [f"Image quality warning {w.code}: {w.detail}" for w in prediction.warnings]
     segments += [_segment("NTE", {1: str(n), 2: "L", 3: escape(note)}) for n, note in enumerate(notes, start=1)]
+    if prediction.explanation is not None:
+        # ED: source application ^ type of data (IM, image; table 0191) ^ subtype ^ encoding (table 0299) ^ data.
+        # Base64 has no HL7 delimiter; escaping it anyway keeps the rule "everything is escaped".
+        heatmap = prediction.explanation
+        segments.append(obx(
+            len(CLASS_IDS) + 3, "ED", f"{HEATMAP_CODE}^{escape(heatmap_title(heatmap.class_id))}^L",
+            f"{SENDING_APPLICATION}^IM^PNG^Base64^{escape(heatmap.png_base64)}",
+        ))
     return "\r".join(segments) + "\r"
 
 
