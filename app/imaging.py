@@ -8,8 +8,9 @@ model was trained with and the service refuses a model trained with another one.
 Contract of `decode_image(data)`:
   1. the bytes must be a single-frame JPEG, PNG, TIFF, BMP or WebP image, otherwise
      `UnsupportedImageError`; bytes that claim a format (its signature, or a header Pillow
-     reads) but do not decode fully raise `CorruptImageError`; more than `max_pixels` pixels raise `ImageTooLargeError`, checked
-     from the header before any pixel is decoded (decompression bombs); a shorter side under
+     reads) but do not decode fully raise `CorruptImageError`; more than `max_pixels` pixels
+     raise `ImageTooLargeError`, checked from the header before any pixel is decoded
+     (decompression bombs); a shorter side under
      `MIN_IMAGE_SIDE` pixels raises `ImageTooSmallError` (such a thumbnail cannot show a cell
      at the scale the model reads; resizing it up to 224 would only invent pixels);
   2. the EXIF orientation tag is applied;
