@@ -10,9 +10,9 @@ Contract of `decode_image(data)`:
      `UnsupportedImageError`; bytes that claim a format (its signature, or a header Pillow
      reads) but do not decode fully raise `CorruptImageError`; more than `max_pixels` pixels
      raise `ImageTooLargeError`, checked from the header before any pixel is decoded
-     (decompression bombs); a shorter side under
-     `MIN_IMAGE_SIDE` pixels raises `ImageTooSmallError` (such a thumbnail cannot show a cell
-     at the scale the model reads; resizing it up to 224 would only invent pixels);
+     (decompression bombs); a shorter side under `MIN_IMAGE_SIDE` pixels raises
+     `ImageTooSmallError` (such a thumbnail cannot show a cell at the scale the model reads;
+     resizing it up to 224 would only invent pixels);
   2. the EXIF orientation tag is applied;
   3. the mode is converted to 8-bit RGB: transparency is composited over white (a smear's
      background is bright), 16-bit and 32-bit grey is scaled to 0..255 by its bit depth,
