@@ -37,12 +37,14 @@ MEDIA_TYPE = "x-application/hl7-v2+er7"
 SENDING_APPLICATION = "DSCNET"
 METHOD = "dscnet-calibrated^DSCNet image classifier, temperature-calibrated^L"
 _ESCAPES = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\"}
+# One table for str.translate: controls to a space, delimiters to their escapes (a heatmap's
+# base64 is about 100,000 characters; a per-character Python loop took about 10 ms on it).
+_TRANSLATION = {**{code: " " for code in (*range(32), 127)}, **{ord(ch): esc for ch, esc in _ESCAPES.items()}}
 
 
 def escape(text: str) -> str:
     """HL7 v2 escaping of free text for one component; CR, LF and other controls become spaces."""
-    cleaned = "".join(" " if ord(ch) < 32 or ord(ch) == 127 else ch for ch in text)
-    return "".join(_ESCAPES.get(ch, ch) for ch in cleaned)
+    return text.translate(_TRANSLATION)
 
 
 def hl7_timestamp(moment: datetime) -> str:
