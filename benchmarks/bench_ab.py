@@ -2,14 +2,14 @@
 
 A service configuration measured after another one meets another machine: on these shared
 CPUs the same server's figures moved by up to 2x within the hour (docs/PERFORMANCE.md). Here
-every server is started first (an idle one costs nothing: onnxruntime's threads do not spin),
-then each round runs every load level on every server in turn, the order reversed every other
-round, so that drift falls on all of them alike. Every round starts its servers afresh: two
-processes of the same code differed by 7 % in images/s here, one ahead in most rounds, when
-each kept its process through all of them (eleventh session). Per level it prints each
-server's median images/s (with the range over rounds), p50 and p99 latency and CPU ms per
-image, and in how many rounds it was ahead of the first server. The real model by default; prints figures, asserts
-nothing.
+each round starts every server afresh, all before any is measured (an idle one costs nothing:
+onnxruntime's threads do not spin), then runs every load level on every server in turn, the
+order reversed every other round, so that drift falls on all of them alike. Fresh processes,
+because two processes of the same code differed by 7 % in images/s here, one ahead in most
+rounds, when each kept its process through all of them (eleventh session). Per level it prints
+each server's median images/s (with the range over rounds), p50 and p99 latency and CPU ms per
+image, and in how many rounds it was ahead of the first server. The real model by default;
+prints figures, asserts nothing.
 
     python benchmarks/bench_ab.py --server lanes=. --server batched=.:DSCNET_BATCHING=true
     git archive <commit> | tar -x -C /tmp/old
