@@ -95,6 +95,46 @@ def test_feed_recompresses_its_share_of_images_as_jpeg() -> None:
     assert recompress_jpeg(images[0], 90).shape == images[0].shape
 
 
+def _disks(colour: tuple[int, int, int], count: int) -> np.ndarray:
+    """White fields with one disk of radius 40 in `colour`, placed differently in each image."""
+    rows, cols = np.indices((224, 224))
+    images = np.full((count, 224, 224, 3), 255, dtype=np.uint8)
+    for i in range(count):
+        images[i][(rows - 60 - 20 * i) ** 2 + (cols - 100) ** 2 < 40 ** 2] = colour
+    return images
+
+
+def _longest_run(mask: np.ndarray) -> int:
+    """The longest horizontal run of True in a 2-D mask: a disk's diameter in pixels."""
+    edges = np.diff(np.pad(mask.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+    starts, ends = np.nonzero(edges == 1), np.nonzero(edges == -1)
+    return int((ends[1] - starts[1]).max()) if starts[1].size else 0
+
+
+def test_feed_widens_the_field_of_its_share_with_images_of_the_same_session_only() -> None:
+    images = np.concatenate([_disks((200, 0, 0), 4), _disks((0, 0, 200), 4)])
+    groups = ["red"] * 4 + ["blue"] * 4
+    targets, weights = np.eye(4, dtype=np.float32)[[0] * 4 + [1] * 4], np.arange(8, dtype=np.float32)
+    plain = TrainingFeed(images, targets, weights, 8, seed=0, jpeg_share=0.0)
+    unused = TrainingFeed(images, targets, weights, 8, seed=0, jpeg_share=0.0, wide_field_share=0.0, groups=groups)
+    wide = TrainingFeed(images, targets, weights, 8, seed=0, jpeg_share=0.0, wide_field_share=1.0, groups=groups)
+    assert np.array_equal(plain[0][0], unused[0][0])  # the share's draws do not move the others
+    x, _, w = wide[0]
+    assert np.array_equal(w, plain[0][2])  # the same images in the same order
+    diameters = []
+    for image, row in zip(x, w.astype(int)):
+        red = (image[..., 0] > 100) & (image[..., 2] < 60)
+        blue = (image[..., 2] > 100) & (image[..., 0] < 60)
+        own, other = (red, blue) if groups[row] == "red" else (blue, red)
+        assert not other.any()  # never a cell of another session
+        diameters.append(_longest_run(own))
+    # the disks are 79 pixels across; in a field 1 to 2 times as wide, 79/factor
+    assert _longest_run((images[0, ..., 0] > 100) & (images[0, ..., 2] < 60)) == 79
+    assert max(diameters) <= 79 and 40 <= np.mean(diameters) < 70
+    with pytest.raises(ValueError, match="smear session"):
+        TrainingFeed(images, targets, weights, 8, seed=0, wide_field_share=0.3)
+
+
 def test_augmentation_is_the_identity_outside_training() -> None:
     x = _smears(2).astype(np.float32)
     layer = SmearAugment(seed=0)

@@ -27,14 +27,14 @@ def test_train_command_defaults_are_the_recipe_that_training_uses(tmp_path):
     parser = argparse.ArgumentParser()
     cli.add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["train"])
-    shown = (args.epochs, args.blur_share, args.blur_sigma_max)
-    assert shown == (recipe.EPOCHS, recipe.BLUR_SHARE, recipe.BLUR_SIGMA_MAX) == (20, 0.4, 2.0)
+    shown = (args.epochs, args.blur_share, args.blur_sigma_max, args.wide_field_share)
+    assert shown == (recipe.EPOCHS, recipe.BLUR_SHARE, recipe.BLUR_SIGMA_MAX, 0.0) == (20, 0.4, 2.0, 0.0)
 
     pytest.importorskip("keras", reason="the [train] extra is not installed")  # CI installs it
     from training import augment
     from training.train import TrainConfig
 
     config = TrainConfig(data_dir=tmp_path, out_dir=tmp_path)
-    assert (config.epochs, config.blur_share, config.blur_sigma_max) == shown
+    assert (config.epochs, config.blur_share, config.blur_sigma_max, config.wide_field_share) == shown
     layer = augment.SmearAugment(seed=0)
-    assert (layer.blur_share, layer.blur_sigma_max) == shown[1:]
+    assert (layer.blur_share, layer.blur_sigma_max) == shown[1:3]

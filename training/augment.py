@@ -36,6 +36,8 @@ from training.shifts import (
     RGB_FROM_HED,
     fill_corner,
     image_colour_statistics,
+    session_neighbours,
+    widen,
 )
 
 _LMS = LMS_FROM_RGB.astype(np.float32)
@@ -44,6 +46,7 @@ _LMS_INV = np.linalg.inv(LMS_FROM_RGB).astype(np.float32)
 _LAB_INV = np.linalg.inv(LAB_FROM_LOGLMS).astype(np.float32)
 JPEG_SHARE = 0.3  # share of training images re-compressed, at a quality drawn from JPEG_QUALITY
 JPEG_QUALITY = (30, 95)
+WIDE_FIELD_MAX = 2.0  # widest field shown when wide_field_share > 0, times the dataset's
 
 
 def recompress_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
@@ -59,10 +62,18 @@ class TrainingFeed(keras.utils.PyDataset):
 
     The order of each epoch and each image's JPEG draw depend only on (seed, epoch, batch), so
     any number of loader workers gives the same batches. The last incomplete batch is dropped.
+
+    With `wide_field_share` > 0 (it needs `groups`, each image's smear session), that share of
+    images is first shown in a field 1 to `wide_field_max` times as wide, its cells that much
+    smaller: a square cut anywhere from a 2x2 mosaic of the image and three others of its
+    session, resized as `decode_image` resizes a large photograph (`shifts.widen`). These draws
+    have a random stream of their own, so the JPEG draws do not change with the share.
     """
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch_size: int,
-                 seed: int, *, jpeg_share: float = JPEG_SHARE, workers: int = 1) -> None:
+                 seed: int, *, jpeg_share: float = JPEG_SHARE, workers: int = 1,
+                 wide_field_share: float = 0.0, wide_field_max: float = WIDE_FIELD_MAX,
+                 groups: list[str] | None = None) -> None:
         super().__init__(workers=workers, use_multiprocessing=False)
         if len(images) < batch_size:
             raise ValueError(f"{len(images)} training images are fewer than one batch of {batch_size}")
@@ -72,6 +83,11 @@ class TrainingFeed(keras.utils.PyDataset):
         self.batch_size = batch_size
         self.seed = seed
         self.jpeg_share = jpeg_share
+        if wide_field_share > 0 and groups is None:
+            raise ValueError("wide-field augmentation needs each training image's smear session (groups)")
+        self.wide_field_share = wide_field_share
+        self.wide_field_max = wide_field_max
+        self._partners = None if groups is None else session_neighbours(groups, count=8)
         self.epoch = 0
         self._order = self._shuffled(0)
 
@@ -85,9 +101,21 @@ class TrainingFeed(keras.utils.PyDataset):
         rows = self._order[index * self.batch_size:(index + 1) * self.batch_size]
         rng = np.random.default_rng((self.seed, self.epoch, index, 1))
         batch = self.images[rows].copy()
+        if self.wide_field_share > 0:
+            self._widen(batch, rows, np.random.default_rng((self.seed, self.epoch, index, 2)))
         for i in np.flatnonzero(rng.random(len(rows)) < self.jpeg_share):
             batch[i] = recompress_jpeg(batch[i], rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
         return batch.astype(np.float32), self.targets[rows], self.weights[rows]
+
+    def _widen(self, batch: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> None:
+        """Show a share of the batch in a wider field, in place (see the class's docstring)."""
+        side = batch.shape[1]
+        for i in np.flatnonzero(rng.random(len(rows)) < self.wide_field_share):
+            partners = rng.choice(self._partners[rows[i]], size=3, replace=False)
+            tiles = self.images[[rows[i], *partners]][rng.permutation(4)]
+            factor = rng.uniform(1.0, self.wide_field_max)
+            room = 2 * side - int(round(factor * side))
+            batch[i] = widen(tiles, factor, top=int(rng.integers(0, room + 1)), left=int(rng.integers(0, room + 1)))
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

@@ -69,7 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
                          epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, split_seed=args.split_seed,
                          arch=args.arch, stain_transfer=args.stain_transfer, manifest=args.manifest,
                          workers=args.workers, time_limit=args.time_limit, blur_share=args.blur_share,
-                         blur_sigma_max=args.blur_sigma_max)
+                         blur_sigma_max=args.blur_sigma_max, wide_field_share=args.wide_field_share)
     try:
         folder = train(config)
     except DatasetError as err:
@@ -266,6 +266,9 @@ def add_commands(commands) -> None:
                        help="share of training images blurred (Gaussian; default %(default)s)")
     train.add_argument("--blur-sigma-max", type=float, default=recipe.BLUR_SIGMA_MAX, metavar="SIGMA",
                        help="largest blur sigma in pixels (drawn from 0.5 to this; default %(default)s)")
+    train.add_argument("--wide-field-share", type=_share, default=0.0, metavar="SHARE",
+                       help="share of training images shown in a field 1 to 2 times as wide, with smaller cells "
+                            "(a mosaic of the image's smear session; default %(default)s)")
     train.add_argument("--manifest", type=Path, default=None,
                        help="train on this split manifest (e.g. models/split.csv) instead of drawing a split; "
                             "only its training and validation images need to be in --data-dir")

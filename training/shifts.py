@@ -3,7 +3,8 @@
 Each function takes uint8 NHWC RGB images and returns new uint8 images of the same shape;
 none changes its input. They model what differs between labs and days: illumination and
 camera response, stain batches (HED jitter, Tellez et al. 2019; Reinhard colour transfer),
-compression, focus, and (for information) the loss of colour and of resolution.
+compression, focus, and (for information) the loss of colour and of resolution, and a wider
+field of view (`wider_field`: more, smaller cells per image).
 """
 
 from __future__ import annotations
@@ -136,3 +137,42 @@ def lower_resolution(images: np.ndarray, side: int) -> np.ndarray:
     size = images.shape[2], images.shape[1]
     return _per_image(images, lambda image: image.resize((side, side), Image.Resampling.BILINEAR)
                       .resize(size, Image.Resampling.BILINEAR))
+
+
+def widen(tiles: np.ndarray, factor: float, top: int = 0, left: int = 0) -> np.ndarray:
+    """One image of a field `factor` times as wide as the dataset's, as `decode_image` gives it.
+
+    `tiles` are four uint8 (H, W, 3) images of one smear session, laid out as a 2x2 mosaic (the
+    first at the top left): a square of `factor` times the side is cut from it at (`top`,
+    `left`) and resized to the input size the way `decode_image` resizes a large photograph
+    (Pillow's antialiased bilinear), so each cell covers 1/`factor` as many pixels across.
+    The mosaic's seams are harmless: crops across them at the dataset's own scale read as
+    the uncut images do (92.56% against 92.36% for 2.2.0 on the test split).
+    """
+    height, width = tiles.shape[1:3]
+    if not 1.0 <= factor <= 2.0:
+        raise ValueError(f"a 2x2 mosaic widens the field by 1 to 2 times, not {factor}")
+    mosaic = np.concatenate([np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:4], axis=1)], axis=0)
+    side = int(round(factor * min(height, width)))
+    crop = Image.fromarray(np.ascontiguousarray(mosaic[top:top + side, left:left + side]))
+    return np.asarray(crop.resize((width, height), Image.Resampling.BILINEAR))
+
+
+def session_neighbours(groups: list[str], count: int = 3) -> np.ndarray:
+    """For each image, the indices of the next `count` images of its group (smear session), in
+    order and wrapping round within the group; an image alone in its group neighbours itself."""
+    members: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    neighbours = np.empty((len(groups), count), dtype=np.int64)
+    for indices in members.values():
+        for position, index in enumerate(indices):
+            neighbours[index] = [indices[(position + step) % len(indices)] for step in range(1, count + 1)]
+    return neighbours
+
+
+def wider_field(images: np.ndarray, groups: list[str], factor: float) -> np.ndarray:
+    """Each image at the top left of a field `factor` times as wide (1..2), the rest of the
+    field filled by the next images of its smear session (`widen`, `session_neighbours`)."""
+    neighbours = session_neighbours(groups)
+    return np.stack([widen(images[[index, *neighbours[index]]], factor) for index in range(len(images))])

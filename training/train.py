@@ -14,8 +14,8 @@ import keras
 import numpy as np
 
 from app.labels import CLASS_IDS
-from training.augment import TrainingFeed, augmenter
-from training.data import Dataset, load_dataset, load_manifest_dataset, split_seed, write_manifest
+from training.augment import WIDE_FIELD_MAX, TrainingFeed, augmenter
+from training.data import Dataset, Sample, load_dataset, load_manifest_dataset, split_seed, write_manifest
 from training.architectures import build_architecture
 from training.model import DSCNetConfig, build_dscnet
 from training.recipe import BLUR_SHARE, BLUR_SIGMA_MAX, EPOCHS
@@ -43,6 +43,9 @@ class TrainConfig:
     stain_transfer: float = 0.0
     blur_share: float = BLUR_SHARE  # share of training images blurred (Gaussian, sigma 0.5..blur_sigma_max)
     blur_sigma_max: float = BLUR_SIGMA_MAX
+    # share of training images shown in a field 1..wide_field_max times as wide (training.augment)
+    wide_field_share: float = 0.0
+    wide_field_max: float = WIDE_FIELD_MAX
     manifest: Path | None = None  # train on this manifest's split instead of drawing one
     workers: int = 1  # data-loader threads (JPEG re-compression)
     time_limit: float | None = None  # seconds; training stops after the epoch that passes it
@@ -119,15 +122,17 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
             dataset = load_dataset(config.data_dir, split=config.split, block_size=config.block_size,
                                    seed=split_seed(asdict(config)))
         manifest_sha256 = write_manifest(dataset.samples, out / "split.csv")
-    x_train, y_train, _ = dataset.subset("train")
-    x_val, y_val, _ = dataset.subset("val")
+    x_train, y_train, train_samples = dataset.subset("train")
+    x_val, y_val, val_samples = dataset.subset("val")
     if config.limit_per_class:
-        x_train, y_train = _limit(x_train, y_train, config.limit_per_class)
-        x_val, y_val = _limit(x_val, y_val, config.limit_per_class)
+        x_train, y_train, train_samples = _limit(x_train, y_train, train_samples, config.limit_per_class)
+        x_val, y_val, val_samples = _limit(x_val, y_val, val_samples, config.limit_per_class)
     log.info("train %d images, validation %d images (%s split)", len(y_train), len(y_val), config.split)
 
     feed = TrainingFeed(x_train, smoothed_targets(y_train, config.label_smoothing), balancing_weights(y_train),
-                        config.batch_size, config.seed, workers=config.workers)
+                        config.batch_size, config.seed, workers=config.workers,
+                        wide_field_share=config.wide_field_share, wide_field_max=config.wide_field_max,
+                        groups=[sample.group for sample in train_samples])
     steps = len(feed)
     val_data = (x_val.astype(np.float32), smoothed_targets(y_val, config.label_smoothing), balancing_weights(y_val))
     model = build_dscnet(config.model) if config.arch == "dscnet" else build_architecture(config.arch)
@@ -166,9 +171,10 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
     return out
 
 
-def _limit(images: np.ndarray, labels: np.ndarray, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+def _limit(images: np.ndarray, labels: np.ndarray, samples: list[Sample],
+           per_class: int) -> tuple[np.ndarray, np.ndarray, list[Sample]]:
     index = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(CLASS_IDS))])
-    return images[index], labels[index]
+    return images[index], labels[index], [samples[i] for i in index]
 
 
 def _hardware() -> str:
