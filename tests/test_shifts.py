@@ -1,4 +1,5 @@
-"""The resolution shift and its audit script (training.shifts.lower_resolution, training.resolution)."""
+"""The resolution and field-of-view shifts and their audit scripts (training.shifts, training.resolution,
+training.magnification)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 from app.labels import CLASS_IDS
 from synthetic import make_dataset
 from training.data import Sample, write_manifest
+from training.magnification import main as magnification_main
+from training.magnification import narrower_field
 from training.resolution import main as resolution_main
-from training.shifts import lower_resolution
+from training.shifts import lower_resolution, session_neighbours, widen, wider_field
 
 
 def fine_stripes(n: int = 2) -> np.ndarray:
@@ -41,3 +44,68 @@ def test_the_audit_prints_one_row_per_side(tiny_model: Path, tmp_path: Path, cap
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("4 test images")
     assert [line.split("|")[1].strip() for line in lines[3:]] == ["224", "64"]
+
+
+def disk_images(centres: list[int], radius: int = 40) -> np.ndarray:
+    """White fields with one black disk each, centred at (c, c)."""
+    rows, cols = np.indices((224, 224))
+    images = np.full((len(centres), 224, 224, 3), 255, dtype=np.uint8)
+    for image, c in zip(images, centres):
+        image[(rows - c) ** 2 + (cols - c) ** 2 < radius ** 2] = 0
+    return images
+
+
+def dark_area(image: np.ndarray) -> int:
+    return int(np.count_nonzero(image.max(axis=-1) < 128))
+
+
+def test_a_wider_field_shows_the_same_cells_smaller() -> None:
+    tiles = disk_images([112, 60, 150, 100])
+    assert np.array_equal(widen(tiles, 1.0), tiles[0])
+    twice = widen(tiles, 2.0)  # the whole mosaic, halved: four disks of half the diameter
+    assert twice.shape == tiles[0].shape and twice.dtype == np.uint8
+    assert abs(dark_area(twice) - dark_area(tiles[0])) < 0.05 * dark_area(tiles[0])
+    # the first tile's disk now sits at (56, 56), a quarter of its area
+    assert abs(dark_area(twice[:112, :112]) - dark_area(tiles[0]) / 4) < 0.05 * dark_area(tiles[0])
+    half = widen(tiles, 1.5, top=10, left=20)
+    assert np.array_equal(half, widen(tiles, 1.5, top=10, left=20))  # deterministic
+    for factor in (0.9, 2.5):
+        with pytest.raises(ValueError, match="1 to 2 times"):
+            widen(tiles, factor)
+
+
+def test_a_field_is_widened_with_the_next_images_of_its_session() -> None:
+    assert session_neighbours(["a", "a", "b", "a"]).tolist() == [[1, 3, 0], [3, 0, 1], [2, 2, 2], [0, 1, 3]]
+    images = disk_images([40, 80, 120, 160])
+    before = images.copy()
+    assert np.array_equal(wider_field(images, ["a"] * 4, 1.0), images)
+    wide = wider_field(images, ["a", "a", "b", "b"], 2.0)
+    assert np.array_equal(images, before)  # the input is not changed
+    # image 0's field holds its own disk and image 1's (twice), none of the other session's
+    assert np.array_equal(wide[0], widen(images[[0, 1, 0, 1]], 2.0))
+    assert np.array_equal(wide[2], widen(images[[2, 3, 2, 3]], 2.0))
+
+
+def test_a_narrower_field_shows_the_centre_larger() -> None:
+    images = disk_images([112])
+    assert np.array_equal(narrower_field(images, 1.0), images)
+    doubled = narrower_field(images, 2.0)
+    assert abs(dark_area(doubled[0]) - 4 * dark_area(images[0])) < 0.05 * 4 * dark_area(images[0])
+
+
+def test_the_field_audit_prints_one_row_per_field(tiny_model: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    data = make_dataset(tmp_path / "data", per_class=2)
+    manifest = tmp_path / "split.csv"
+    write_manifest([Sample(f"{folder}/{path.name}", "0" * 64, CLASS_IDS.index(label), f"{label}:0", "val")
+                    for folder, label in (("Benign", "benign"), ("Pro", "pro_b"))
+                    for path in sorted((data / folder).iterdir())], manifest)
+    magnification_main(["--model", str(tiny_model), "--manifest", str(manifest), "--data-dir", str(data),
+                        "--split", "val", "--wider", "1.5", "--narrower", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("4 val images")
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[3:]]
+    assert [row[:2] for row in rows] == [["as the dataset's", "1.00x"], ["1.5x wider", "0.67x"],
+                                         ["2x narrower", "2.00x"]]
+    # the tiny model's card has no referral threshold, so the service accepts nothing
+    assert all(row[3] == "0 of 4" and row[4] == "0" for row in rows)

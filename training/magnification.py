@@ -1,0 +1,82 @@
+"""How the shipped model fares when a lab's camera shows a wider or narrower field than the dataset's.
+
+The dataset's images are 224 x 224 crops of a 100x oil field; another microscope, camera or
+crop shows each cell larger or smaller. For each factor, every image of a split is shown
+with its cells `factor` times smaller (a field that much wider: the image at the top left of
+a 2x2 mosaic with the next images of its smear session, cut and resized as `decode_image`
+resizes a large photograph; `shifts.wider_field`) or larger (a centred crop of 1/factor of
+the side, enlarged as a camera with a narrower field at the same pixel count would not:
+with less detail, so the quality checks see the blur). The table gives the accuracy, how many
+answers the service would accept (calibrated confidence at or above the card's referral
+threshold and no quality warning: `app.calibration.refer`, as the service decides), and how
+many of those are wrong: the figure that matters
+to a lab, a confident wrong answer no one is asked to check.
+Prints figures; nothing is written.
+
+    python -m training.magnification --model models/dscnet.onnx --manifest models/split.csv --split val
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from app.calibration import Calibration, apply_temperature, refer
+from app.model_card import load_model_card
+from app.quality import assess_quality
+from training.cli import default_data_dir
+from training.quantize import predict, read_split, session
+from training.shifts import wider_field
+
+
+def narrower_field(images: np.ndarray, factor: float) -> np.ndarray:
+    """The centred square of 1/`factor` of the side, enlarged back (antialiased bilinear)."""
+    height, width = images.shape[1:3]
+    side = int(round(min(height, width) / factor))
+    top, left = (height - side) // 2, (width - side) // 2
+    return np.stack([np.asarray(Image.fromarray(image[top:top + side, left:left + side])
+                                .resize((width, height), Image.Resampling.BILINEAR)) for image in images])
+
+
+def split_groups(manifest: Path, split: str) -> list[str]:
+    """The smear-session group of each image of `split`, in `read_split`'s order."""
+    with manifest.open(newline="") as handle:
+        return [row["group"] for row in csv.DictReader(handle) if row["split"] == split]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("models/dscnet.onnx"))
+    parser.add_argument("--card", type=Path, help="model card with the calibration (default: the model's .json)")
+    parser.add_argument("--manifest", type=Path, default=Path("models/split.csv"))
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--wider", type=float, nargs="+", default=[1.25, 1.5, 2.0])
+    parser.add_argument("--narrower", type=float, nargs="+", default=[1.25, 1.5, 2.0])
+    args = parser.parse_args(argv)
+    card, _ = load_model_card(args.card or args.model.with_suffix(".json"))
+    calibration = Calibration.from_card(card.calibration)
+    images, labels = read_split(args.manifest, args.data_dir, args.split)
+    groups = split_groups(args.manifest, args.split)
+    sess = session(args.model)
+    print(f"{len(images)} {args.split} images of {args.manifest}; model {args.model}")
+    print("| field | cells appear | accuracy | accepted (confident, no warning) | accepted and wrong |")
+    print("|---|---:|---:|---:|---:|")
+    rows = [("as the dataset's", 1.0, images)]
+    rows += [(f"{factor:g}x wider", 1 / factor, wider_field(images, groups, factor)) for factor in args.wider]
+    rows += [(f"{factor:g}x narrower", factor, narrower_field(images, factor)) for factor in args.narrower]
+    for name, scale, shifted in rows:
+        probabilities = apply_temperature(predict(sess, shifted), calibration.temperature)
+        right = probabilities.argmax(axis=1) == labels
+        accepted = np.array([not refer(float(confidence), calibration, [w.code for w in assess_quality(image)])
+                             .refer_to_human for confidence, image in zip(probabilities.max(axis=1), shifted)])
+        print(f"| {name} | {scale:.2f}x | {100 * right.mean():.2f}% | {accepted.sum()} of {len(images)} "
+              f"| {np.sum(accepted & ~right)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
