@@ -143,6 +143,32 @@ def test_malformed_requests_are_400(client: TestClient, body: dict, words: str) 
     assert_v2_error(client.post(INFER, json=body), 400, words)
 
 
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ({"parameters": {"priority": 1}}, "request parameter 'priority' is not supported"),
+        ({"parameters": {"binary_data_output": True}}, "'binary_data_output' may only be false"),
+        ({"parameters": {"binary_data_output": False, "timeout": 5}}, "request parameter 'timeout'"),
+        ({"outputs": [{"name": "probabilities", "parameters": {"classification": 2}}]},
+         "output 'probabilities' parameter 'classification' is not supported"),
+        ({"outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}, "'binary_data' may only be false"),
+    ],
+)
+def test_parameters_the_server_would_not_act_on_are_400(client: TestClient, extra: dict, words: str) -> None:
+    assert_v2_error(client.post(INFER, json=infer_body(images.solid(RED), **extra)), 400, words)
+    body = infer_body(images.solid(RED))
+    body["inputs"][0]["parameters"] = {"binary_data_size": 10}
+    assert_v2_error(client.post(INFER, json=body), 400, "input 'image' parameter 'binary_data_size' is not supported")
+
+
+def test_asking_for_json_outputs_is_accepted(client: TestClient) -> None:
+    body = infer_body(images.solid(RED), parameters={"binary_data_output": False},
+                      outputs=[{"name": "probabilities", "parameters": {"binary_data": False}}])
+    response = client.post(INFER, json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["shape"] == [1, 4]
+
+
 def test_a_body_that_is_not_json_is_400(client: TestClient) -> None:
     response = client.post(INFER, content=b"\x89PNG not json", headers={"content-type": "application/octet-stream"})
     assert_v2_error(response, 400, "invalid inference request")

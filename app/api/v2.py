@@ -15,6 +15,9 @@ Errors use the protocol's body, `{"error": "<message>"}`, with the status the re
 service gives the same fault (`app.errors.status_for`): 400 a malformed request or a corrupt
 image, 404 an unknown model, 413 over a limit, 415 not an image we accept, 503 not ready (as
 KServe answers). One bad image fails the request: the protocol has no per-item errors.
+The request, input and output `parameters` the protocol allows are refused (400, naming the
+parameter), since the server acts on none of them; only the binary-tensor extension's
+`binary_data_output` / `binary_data` set to false, which ask for JSON, pass.
 """
 
 from __future__ import annotations
@@ -304,7 +307,26 @@ def parse_request(body: bytes) -> InferenceRequest:
     for output in inference.outputs or []:
         if output.name != OUTPUT_NAME:
             raise InferenceRequestError(f"unknown output {output.name!r}; this model has {OUTPUT_NAME!r}")
+    _refuse_parameters("request", inference.parameters, "binary_data_output")
+    _refuse_parameters(f"input {INPUT_NAME!r}", inference.inputs[0].parameters)
+    for output in inference.outputs or []:
+        _refuse_parameters(f"output {OUTPUT_NAME!r}", output.parameters, "binary_data")
     return inference
+
+
+def _refuse_parameters(where: str, parameters: dict[str, Any] | None, json_flag: str | None = None) -> None:
+    """Refuse every parameter: this server acts on none, and ignoring one would drop what a client asked.
+
+    The one exception is the binary-tensor extension's flag set to false (`json_flag`), which
+    asks for what the server does anyway: JSON outputs.
+    """
+    for name, value in (parameters or {}).items():
+        if name == json_flag and value is False:
+            continue
+        hint = (f"; {json_flag!r} may only be false: outputs are JSON, the binary-tensor extension is not supported"
+                if json_flag else "")
+        raise InferenceRequestError(
+            f"{where} parameter {name!r} is not supported: this server acts on no {where.split()[0]} parameters{hint}")
 
 
 def image_bytes(inference: InferenceRequest, settings: Settings) -> list[bytes]:
