@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 from pathlib import Path
@@ -10,17 +9,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from helpers_images import encode  # one encoder for every test image; re-exported for test_imaging
+
 
 def gradient(width: int, height: int) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width]
     return np.stack([x * 255 // (width - 1), y * 255 // (height - 1), (x + y) * 255 // (width + height - 2)],
                     axis=-1).astype(np.uint8)
-
-
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 def png_declaring(width: int, height: int) -> bytes:
