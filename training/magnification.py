@@ -1,17 +1,16 @@
 """How the shipped model fares when a lab's camera shows a wider or narrower field than the dataset's.
 
 The dataset's images are 224 x 224 crops of a 100x oil field; another microscope, camera or
-crop shows each cell larger or smaller. For each factor, every image of a split is shown
-with its cells `factor` times smaller (a field that much wider: the image at the top left of
-a 2x2 mosaic with the next images of its smear session, cut and resized as `decode_image`
-resizes a large photograph; `shifts.wider_field`) or larger (a centred crop of 1/factor of
-the side, enlarged as a camera with a narrower field at the same pixel count would not:
-with less detail, so the quality checks see the blur). The table gives the accuracy, how many
-answers the service would accept (calibrated confidence at or above the card's referral
-threshold and no quality warning: `app.calibration.refer`, as the service decides), and how
-many of those are wrong: the figure that matters
-to a lab, a confident wrong answer no one is asked to check.
-Prints figures; nothing is written.
+crop shows each cell smaller or larger. For each factor, every image of a split is shown with
+its cells `factor` times smaller, in a field that much wider (the image at the top left of a
+2x2 mosaic with the next images of its smear session, cut and resized as `decode_image`
+resizes a large photograph: `shifts.wider_field`), or `factor` times larger (a centred crop of
+1/`factor` of the side, enlarged: larger cells with the detail of the smaller crop, so the
+quality checks see blur that a real narrower field at full resolution would not have).
+The table gives the accuracy, how many answers the service would accept (calibrated
+confidence at or above the card's referral threshold and no quality warning, as
+`app.calibration.refer` decides), and how many of those are wrong: the figure that matters to
+a lab, a confident wrong answer no one is asked to check. Prints figures; nothing is written.
 
     python -m training.magnification --model models/dscnet.onnx --manifest models/split.csv --split val
 """

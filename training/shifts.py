@@ -147,7 +147,9 @@ def widen(tiles: np.ndarray, factor: float, top: int = 0, left: int = 0) -> np.n
     `left`) and resized to the input size the way `decode_image` resizes a large photograph
     (Pillow's antialiased bilinear), so each cell covers 1/`factor` as many pixels across.
     The mosaic's seams are harmless: crops across them at the dataset's own scale read as
-    the uncut images do (92.56% against 92.36% for 2.2.0 on the test split).
+    the uncut images do (92.56% against 92.36% for 2.2.0 on the test split); so are the other
+    tiles' scale bars (filling every tile's corner first moves 2.2.0's and round v12's W's
+    accuracies in 1.5x and 2x wider fields by under 1.1 points).
     """
     height, width = tiles.shape[1:3]
     if not 1.0 <= factor <= 2.0:
