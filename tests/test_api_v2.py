@@ -147,11 +147,11 @@ def test_malformed_requests_are_400(client: TestClient, body: dict, words: str) 
     ("extra", "words"),
     [
         ({"parameters": {"priority": 1}}, "request parameter 'priority' is not supported"),
-        ({"parameters": {"binary_data_output": True}}, "'binary_data_output' may only be false"),
-        ({"parameters": {"binary_data_output": False, "timeout": 5}}, "request parameter 'timeout'"),
+        ({"parameters": {"binary_data_output": True}}, "request parameter 'binary_data_output' may only be false"),
         ({"outputs": [{"name": "probabilities", "parameters": {"classification": 2}}]},
          "output 'probabilities' parameter 'classification' is not supported"),
-        ({"outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}, "'binary_data' may only be false"),
+        ({"outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]},
+         "output 'probabilities' parameter 'binary_data' may only be false"),
     ],
 )
 def test_parameters_the_server_would_not_act_on_are_400(client: TestClient, extra: dict, words: str) -> None:
@@ -159,6 +159,12 @@ def test_parameters_the_server_would_not_act_on_are_400(client: TestClient, extr
     body = infer_body(images.solid(RED))
     body["inputs"][0]["parameters"] = {"binary_data_size": 10}
     assert_v2_error(client.post(INFER, json=body), 400, "input 'image' parameter 'binary_data_size' is not supported")
+
+
+def test_only_the_json_flag_gets_the_binary_extension_hint(client: TestClient) -> None:
+    body = infer_body(images.solid(RED), parameters={"binary_data_output": False, "timeout": 5})
+    error = assert_v2_error(client.post(INFER, json=body), 400, "timeout")
+    assert error == "request parameter 'timeout' is not supported: this server acts on no request parameters"
 
 
 def test_asking_for_json_outputs_is_accepted(client: TestClient) -> None:

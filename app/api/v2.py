@@ -323,10 +323,11 @@ def _refuse_parameters(where: str, parameters: dict[str, Any] | None, json_flag:
     for name, value in (parameters or {}).items():
         if name == json_flag and value is False:
             continue
-        hint = (f"; {json_flag!r} may only be false: outputs are JSON, the binary-tensor extension is not supported"
-                if json_flag else "")
+        if name == json_flag:
+            raise InferenceRequestError(f"{where} parameter {name!r} may only be false: outputs are JSON, "
+                                        "the binary-tensor extension is not supported")
         raise InferenceRequestError(
-            f"{where} parameter {name!r} is not supported: this server acts on no {where.split()[0]} parameters{hint}")
+            f"{where} parameter {name!r} is not supported: this server acts on no {where.split()[0]} parameters")
 
 
 def image_bytes(inference: InferenceRequest, settings: Settings) -> list[bytes]:
