@@ -87,7 +87,8 @@ class TrainingFeed(keras.utils.PyDataset):
             raise ValueError("wide-field augmentation needs each training image's smear session (groups)")
         self.wide_field_share = wide_field_share
         self.wide_field_max = wide_field_max
-        self._partners = None if groups is None else session_neighbours(groups, count=8)
+        # each image's next 8 of its session, of which _widen draws 3; only when a share uses them
+        self._partners = session_neighbours(groups, count=8) if wide_field_share > 0 else None
         self.epoch = 0
         self._order = self._shuffled(0)
 
