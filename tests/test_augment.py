@@ -10,6 +10,7 @@ pytest.importorskip("keras", reason="the [train] extra is not installed")  # CI 
 import keras  # noqa: E402
 
 import helpers_smears as smears  # noqa: E402
+from synthetic import disks  # noqa: E402
 from training.augment import (  # noqa: E402
     SmearAugment,
     TrainingFeed,
@@ -95,15 +96,6 @@ def test_feed_recompresses_its_share_of_images_as_jpeg() -> None:
     assert recompress_jpeg(images[0], 90).shape == images[0].shape
 
 
-def _disks(colour: tuple[int, int, int], count: int) -> np.ndarray:
-    """White fields with one disk of radius 40 in `colour`, placed differently in each image."""
-    rows, cols = np.indices((224, 224))
-    images = np.full((count, 224, 224, 3), 255, dtype=np.uint8)
-    for i in range(count):
-        images[i][(rows - 60 - 20 * i) ** 2 + (cols - 100) ** 2 < 40 ** 2] = colour
-    return images
-
-
 def _longest_run(mask: np.ndarray) -> int:
     """The longest horizontal run of True in a 2-D mask: a disk's diameter in pixels."""
     edges = np.diff(np.pad(mask.astype(np.int8), ((0, 0), (1, 1))), axis=1)
@@ -112,7 +104,8 @@ def _longest_run(mask: np.ndarray) -> int:
 
 
 def test_feed_widens_the_field_of_its_share_with_images_of_the_same_session_only() -> None:
-    images = np.concatenate([_disks((200, 0, 0), 4), _disks((0, 0, 200), 4)])
+    centres = [(60 + 20 * i, 100) for i in range(4)]
+    images = np.concatenate([disks(centres, (200, 0, 0)), disks(centres, (0, 0, 200))])
     groups = ["red"] * 4 + ["blue"] * 4
     targets, weights = np.eye(4, dtype=np.float32)[[0] * 4 + [1] * 4], np.arange(8, dtype=np.float32)
     plain = TrainingFeed(images, targets, weights, 8, seed=0, jpeg_share=0.0)

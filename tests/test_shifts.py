@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 from app.labels import CLASS_IDS
-from synthetic import make_dataset
+from synthetic import disks, make_dataset
 from training.data import Sample, write_manifest
 from training.magnification import main as magnification_main
-from training.magnification import narrower_field
 from training.resolution import main as resolution_main
-from training.shifts import lower_resolution, session_neighbours, widen, wider_field
+from training.shifts import lower_resolution, narrower_field, session_neighbours, widen, wider_field
 
 
 def fine_stripes(n: int = 2) -> np.ndarray:
@@ -46,21 +45,12 @@ def test_the_audit_prints_one_row_per_side(tiny_model: Path, tmp_path: Path, cap
     assert [line.split("|")[1].strip() for line in lines[3:]] == ["224", "64"]
 
 
-def disk_images(centres: list[int], radius: int = 40) -> np.ndarray:
-    """White fields with one black disk each, centred at (c, c)."""
-    rows, cols = np.indices((224, 224))
-    images = np.full((len(centres), 224, 224, 3), 255, dtype=np.uint8)
-    for image, c in zip(images, centres):
-        image[(rows - c) ** 2 + (cols - c) ** 2 < radius ** 2] = 0
-    return images
-
-
 def dark_area(image: np.ndarray) -> int:
     return int(np.count_nonzero(image.max(axis=-1) < 128))
 
 
 def test_a_wider_field_shows_the_same_cells_smaller() -> None:
-    tiles = disk_images([112, 60, 150, 100])
+    tiles = disks([(112, 112), (60, 60), (150, 150), (100, 100)])
     assert np.array_equal(widen(tiles, 1.0), tiles[0])
     twice = widen(tiles, 2.0)  # the whole mosaic, halved: four disks of half the diameter
     assert twice.shape == tiles[0].shape and twice.dtype == np.uint8
@@ -76,7 +66,7 @@ def test_a_wider_field_shows_the_same_cells_smaller() -> None:
 
 def test_a_field_is_widened_with_the_next_images_of_its_session() -> None:
     assert session_neighbours(["a", "a", "b", "a"]).tolist() == [[1, 3, 0], [3, 0, 1], [2, 2, 2], [0, 1, 3]]
-    images = disk_images([40, 80, 120, 160])
+    images = disks([(40, 40), (80, 80), (120, 120), (160, 160)])
     before = images.copy()
     assert np.array_equal(wider_field(images, ["a"] * 4, 1.0), images)
     wide = wider_field(images, ["a", "a", "b", "b"], 2.0)
@@ -87,7 +77,7 @@ def test_a_field_is_widened_with_the_next_images_of_its_session() -> None:
 
 
 def test_a_narrower_field_shows_the_centre_larger() -> None:
-    images = disk_images([112])
+    images = disks([(112, 112)])
     assert np.array_equal(narrower_field(images, 1.0), images)
     doubled = narrower_field(images, 2.0)
     assert abs(dark_area(doubled[0]) - 4 * dark_area(images[0])) < 0.05 * 4 * dark_area(images[0])

@@ -18,33 +18,16 @@ a lab, a confident wrong answer no one is asked to check. Prints figures; nothin
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from app.calibration import Calibration, apply_temperature, refer
 from app.model_card import load_model_card
 from app.quality import assess_quality
 from training.cli import default_data_dir
-from training.quantize import predict, read_split, session
-from training.shifts import wider_field
-
-
-def narrower_field(images: np.ndarray, factor: float) -> np.ndarray:
-    """The centred square of 1/`factor` of the side, enlarged back (antialiased bilinear)."""
-    height, width = images.shape[1:3]
-    side = int(round(min(height, width) / factor))
-    top, left = (height - side) // 2, (width - side) // 2
-    return np.stack([np.asarray(Image.fromarray(image[top:top + side, left:left + side])
-                                .resize((width, height), Image.Resampling.BILINEAR)) for image in images])
-
-
-def split_groups(manifest: Path, split: str) -> list[str]:
-    """The smear-session group of each image of `split`, in `read_split`'s order."""
-    with manifest.open(newline="") as handle:
-        return [row["group"] for row in csv.DictReader(handle) if row["split"] == split]
+from training.quantize import predict, read_split, session, split_rows
+from training.shifts import narrower_field, wider_field
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     card, _ = load_model_card(args.card or args.model.with_suffix(".json"))
     calibration = Calibration.from_card(card.calibration)
     images, labels = read_split(args.manifest, args.data_dir, args.split)
-    groups = split_groups(args.manifest, args.split)
+    groups = [row["group"] for row in split_rows(args.manifest, args.split)]
     sess = session(args.model)
     print(f"{len(images)} {args.split} images of {args.manifest}; model {args.model}")
     print("| field | cells appear | accuracy | accepted (confident, no warning) | accepted and wrong |")

@@ -57,14 +57,20 @@ class _Batches(CalibrationDataReader):
         return next(self._feeds, None)
 
 
-def read_split(manifest: Path, data_dir: Path, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded images and class indices of one split; `limit` spreads a subset over the split."""
+def split_rows(manifest: Path, split: str, limit: int | None = None) -> list[dict[str, str]]:
+    """The manifest's rows of one split, in order; `limit` spreads a subset over the split."""
     with manifest.open(newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if row["split"] == split]
     if not rows:
         raise ValueError(f"{manifest} has no rows with split={split}")
     if limit is not None and len(rows) > limit:
         rows = rows[:: len(rows) // limit][:limit]
+    return rows
+
+
+def read_split(manifest: Path, data_dir: Path, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded images and class indices of one split (`split_rows`)."""
+    rows = split_rows(manifest, split, limit)
     images = np.stack([decode_image((data_dir / row["file"]).read_bytes()) for row in rows])
     labels = np.array([CLASS_IDS.index(row["class"]) for row in rows])
     return images, labels

@@ -3,8 +3,8 @@
 Each function takes uint8 NHWC RGB images and returns new uint8 images of the same shape;
 none changes its input. They model what differs between labs and days: illumination and
 camera response, stain batches (HED jitter, Tellez et al. 2019; Reinhard colour transfer),
-compression, focus, and (for information) the loss of colour and of resolution, and a wider
-field of view (`wider_field`: more, smaller cells per image).
+compression, focus, and (for information) the loss of colour and of resolution, and another
+field of view (`wider_field`: more, smaller cells per image; `narrower_field`: larger ones).
 """
 
 from __future__ import annotations
@@ -136,6 +136,16 @@ def lower_resolution(images: np.ndarray, side: int) -> np.ndarray:
     input size the way `decode_image` does (antialiased bilinear): fewer pixels per cell."""
     size = images.shape[2], images.shape[1]
     return _per_image(images, lambda image: image.resize((side, side), Image.Resampling.BILINEAR)
+                      .resize(size, Image.Resampling.BILINEAR))
+
+
+def narrower_field(images: np.ndarray, factor: float) -> np.ndarray:
+    """The centred square of 1/`factor` of the side, enlarged back (antialiased bilinear): the
+    cells `factor` times larger, with the detail of the smaller crop."""
+    size = images.shape[2], images.shape[1]
+    side = int(round(min(size) / factor))
+    left, top = (size[0] - side) // 2, (size[1] - side) // 2
+    return _per_image(images, lambda image: image.crop((left, top, left + side, top + side))
                       .resize(size, Image.Resampling.BILINEAR))
 
 
