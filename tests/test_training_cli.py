@@ -28,7 +28,7 @@ def test_train_command_defaults_are_the_recipe_that_training_uses(tmp_path):
     cli.add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["train"])
     shown = (args.epochs, args.blur_share, args.blur_sigma_max, args.wide_field_share)
-    assert shown == (recipe.EPOCHS, recipe.BLUR_SHARE, recipe.BLUR_SIGMA_MAX, 0.0) == (20, 0.4, 2.0, 0.0)
+    assert shown == (recipe.EPOCHS, recipe.BLUR_SHARE, recipe.BLUR_SIGMA_MAX, recipe.WIDE_FIELD_SHARE) == (20, 0.4, 2.0, 0.15)
 
     pytest.importorskip("keras", reason="the [train] extra is not installed")  # CI installs it
     from training import augment

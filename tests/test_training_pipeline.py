@@ -39,6 +39,8 @@ def test_train_export_evaluate_writes_model_card_and_report(tmp_path):
     assert card["classes"] == ["benign", "early_pre_b", "pre_b", "pro_b"]
     assert card["input"]["name"] == "image" and card["preprocessing"]["version"] == "1"
     assert card["training"]["manifest_sha256"] == summary["manifest_sha256"]
+    # what the model was shown is on the card: the recipe's wide-field share, on by default since 2.3.0
+    assert card["training"]["augmentation"]["wide_field_share"] == summary["config"]["wide_field_share"] > 0
     assert (models / "split.csv").is_file()
 
     reports = models / "reports"

@@ -266,7 +266,7 @@ def add_commands(commands) -> None:
                        help="share of training images blurred (Gaussian; default %(default)s)")
     train.add_argument("--blur-sigma-max", type=float, default=recipe.BLUR_SIGMA_MAX, metavar="SIGMA",
                        help="largest blur sigma in pixels (drawn from 0.5 to this; default %(default)s)")
-    train.add_argument("--wide-field-share", type=_share, default=0.0, metavar="SHARE",
+    train.add_argument("--wide-field-share", type=_share, default=recipe.WIDE_FIELD_SHARE, metavar="SHARE",
                        help="share of training images shown in a field 1 to 2 times as wide, with smaller cells "
                             "(a mosaic of the image's smear session; default %(default)s)")
     train.add_argument("--manifest", type=Path, default=None,

@@ -6,6 +6,9 @@ command line shows the same values, so the three cannot drift apart.
 
 from __future__ import annotations
 
-EPOCHS = 20  # the paper's; the shipped 2.2.0 was trained with --epochs 40 (models/selection-notes.md)
+EPOCHS = 20  # the paper's; the shipped 2.3.0 was trained with --epochs 40 (models/selection-notes.md)
 BLUR_SHARE = 0.4  # share of images blurred, with one Gaussian sigma per batch from 0.5 to BLUR_SIGMA_MAX
 BLUR_SIGMA_MAX = 2.0
+# share of training images shown in a field 1 to 2 times as wide, cells that much smaller (2.3.0's;
+# 2.2.0 had none and read wider fields wrongly: models/selection-notes.md, rounds v12-v14)
+WIDE_FIELD_SHARE = 0.15

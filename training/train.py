@@ -18,7 +18,7 @@ from training.augment import WIDE_FIELD_MAX, TrainingFeed, augmenter
 from training.data import Dataset, Sample, load_dataset, load_manifest_dataset, split_seed, write_manifest
 from training.architectures import build_architecture
 from training.model import DSCNetConfig, build_dscnet
-from training.recipe import BLUR_SHARE, BLUR_SIGMA_MAX, EPOCHS
+from training.recipe import BLUR_SHARE, BLUR_SIGMA_MAX, EPOCHS, WIDE_FIELD_SHARE
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class TrainConfig:
     blur_share: float = BLUR_SHARE  # share of training images blurred (Gaussian, sigma 0.5..blur_sigma_max)
     blur_sigma_max: float = BLUR_SIGMA_MAX
     # share of training images shown in a field 1..wide_field_max times as wide (training.augment)
-    wide_field_share: float = 0.0
+    wide_field_share: float = WIDE_FIELD_SHARE
     wide_field_max: float = WIDE_FIELD_MAX
     manifest: Path | None = None  # train on this manifest's split instead of drawing one
     workers: int = 1  # data-loader threads (JPEG re-compression)
