@@ -2,7 +2,8 @@
 # Container smoke test: build the image with whatever models/ holds, start it the way
 # production runs it (read-only root filesystem, tmpfs /tmp, CPU and memory limits, no
 # capabilities), wait until ready, classify a real smear through /predict and the v2 infer
-# endpoint, check the answers, stop it. Exits non-zero on any failure, printing the log.
+# endpoint, check the answers, stop it; then start it once more with the int8 option and
+# classify the smear again. Exits non-zero on any failure, printing the log.
 #
 # usage: bash docker/smoke-test.sh            (from anywhere; paths are from the repo root)
 #   DSCNET_DATA_DIR      the dataset (default ../shared/data/all-taleqani)
@@ -53,7 +54,7 @@ fi
 for tool in curl python3; do
     command -v "$tool" >/dev/null 2>&1 || fail "$tool is needed on the host"
 done
-for file in models/dscnet.onnx models/dscnet.json; do
+for file in models/dscnet.onnx models/dscnet.json models/dscnet-int8.onnx models/dscnet-int8.json; do
     [ -f "$file" ] || fail "$file is missing: the image ships the model in models/ (train and export it first: dscnet train && dscnet export)"
 done
 SMEAR=$(find "$DATA_DIR" -type f -iname '*.jpg' 2>/dev/null | sort | head -n 1 || true)
@@ -85,13 +86,16 @@ t0=$(python3 -c 'import time; print(time.time())')
 # (podman without systemd logs errors about health-check timers here: harmless, kept out of sight)
 STARTED=1
 
-deadline=$(($(date +%s) + READY_TIMEOUT))
-until [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/health/ready")" = 200 ]; do
-    running=$("$ENGINE" inspect --format '{{.State.Running}}' "$NAME" 2>/dev/null || echo false)
-    [ "$running" = true ] || fail "the container exited before it was ready"
-    [ "$(date +%s)" -lt "$deadline" ] || fail "not ready after ${READY_TIMEOUT} s"
-    sleep 0.2
-done
+wait_ready() {
+    local deadline=$(($(date +%s) + READY_TIMEOUT)) running
+    until [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/health/ready")" = 200 ]; do
+        running=$("$ENGINE" inspect --format '{{.State.Running}}' "$NAME" 2>/dev/null || echo false)
+        [ "$running" = true ] || fail "the container exited before it was ready"
+        [ "$(date +%s)" -lt "$deadline" ] || fail "not ready after ${READY_TIMEOUT} s"
+        sleep 0.2
+    done
+}
+wait_ready
 ready_s=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
 say "ready ${ready_s} s after $ENGINE run"
 
@@ -166,4 +170,24 @@ PY
 "$ENGINE" stop -t 30 "$NAME" >/dev/null 2>>"$WORK/run.log" || { cat "$WORK/run.log" >&2; fail "the container did not stop"; }
 exit_code=$("$ENGINE" inspect --format '{{.State.ExitCode}}' "$NAME")
 [ "$exit_code" = 0 ] || fail "the container exited with $exit_code on SIGTERM"
-say "stopped cleanly; all checks passed"
+say "stopped cleanly"
+
+# --- the int8 option the image also ships: it must load and answer with its own identity -----
+"$ENGINE" rm -f "$NAME" >/dev/null 2>&1
+NAME=$NAME-int8
+"$ENGINE" run -d --name "$NAME" -p "127.0.0.1:$PORT:8000" --read-only --tmpfs /tmp --cpus 2 --memory 1g \
+    --cap-drop ALL --security-opt no-new-privileges \
+    -e DSCNET_MODEL_PATH=/opt/dscnet/models/dscnet-int8.onnx \
+    "$IMAGE" >/dev/null 2>"$WORK/run.log" || { cat "$WORK/run.log" >&2; fail "the int8 container did not start"; }
+wait_ready
+code=$(curl -s -o "$WORK/predict-int8.json" -w '%{http_code}' -F "image=@$SMEAR" "$URL/predict")
+[ "$code" = 200 ] || fail "POST /predict with the int8 model answered $code: $(cat "$WORK/predict-int8.json")"
+python3 - "$WORK/predict-int8.json" models/dscnet-int8.json <<'PY' || fail "the int8 model's answer is wrong"
+import json, sys
+answer, card = (json.load(open(path)) for path in sys.argv[1:3])
+if answer["model"]["sha256"] != card["sha256"] or answer.get("label") not in card["classes"]:
+    sys.exit(f"  int8 answer {answer} is not from the int8 model {card['sha256']}")
+print(f"smoke-test: int8 option /predict -> {answer['label']}")
+PY
+"$ENGINE" stop -t 30 "$NAME" >/dev/null 2>>"$WORK/run.log" || fail "the int8 container did not stop"
+say "all checks passed"
