@@ -57,6 +57,7 @@ def test_train_export_evaluate_writes_model_card_and_report(tmp_path):
     card = json.loads((models / "dscnet.json").read_text())
     assert card["metrics"]["blocks"]["test_images"] == len(test_rows)
     assert card["calibration"]["temperature"] > 0 and 0 < card["calibration"]["refer_threshold"]
+    assert f"wide_field_share {summary['config']['wide_field_share']}" in (models / "README.md").read_text()
     assert "Calibration and referral" in report
     assert sum(row["images"] for row in metrics["sessions"]) == metrics["test_images"]
     assert "Per smear session (block-grouped test)" in report

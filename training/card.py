@@ -130,7 +130,7 @@ AUGMENTATION_SETTINGS = ("blur_share", "blur_sigma_max", "stain_transfer", "wide
 def _augmentation(config: dict) -> dict:
     """The augmentation a run was trained with: fixed draws, and the recipe's settings it recorded."""
     return {
-        "always": "flips and 90-degree turns, zoom 1.0-1.25x with shift, HED stain jitter, brightness, "
+        "in_every_recipe": "flips and 90-degree turns, zoom 1.0-1.25x with shift, HED stain jitter, brightness, "
                   "contrast, gamma, colour cast and saturation, sensor noise, JPEG re-compression, now and "
                   "then grayscale (training/augment.py)",
         **{name: config[name] for name in AUGMENTATION_SETTINGS if name in config},
@@ -194,7 +194,7 @@ def _augmentation_line(training: dict) -> list[str]:
     if not shown:
         return []
     settings = ", ".join(f"{name} {shown[name]}" for name in AUGMENTATION_SETTINGS if name in shown)
-    return [f"- Augmentation: {shown['always']}; {settings}."]
+    return [f"- Augmentation: {shown['in_every_recipe']}; {settings}."]
 
 
 def render_readme(card: dict) -> str:
