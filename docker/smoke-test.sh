@@ -79,10 +79,16 @@ say "built in $(($(date +%s) - build_start)) s; image size ${size_mb} MB"
 
 # --- start, as in production ------------------------------------------------------------
 t0=$(python3 -c 'import time; print(time.time())')
-"$ENGINE" run -d --name "$NAME" -p "127.0.0.1:$PORT:8000" \
-    --read-only --tmpfs /tmp --cpus 2 --memory 1g \
-    --cap-drop ALL --security-opt no-new-privileges \
-    "$IMAGE" >/dev/null 2>"$WORK/run.log" || { cat "$WORK/run.log" >&2; fail "the container did not start"; }
+# start_container WHAT [ENGINE RUN OPTIONS...]: the image as $NAME, with production's limits
+start_container() {
+    local what=$1
+    shift
+    "$ENGINE" run -d --name "$NAME" -p "127.0.0.1:$PORT:8000" \
+        --read-only --tmpfs /tmp --cpus 2 --memory 1g \
+        --cap-drop ALL --security-opt no-new-privileges \
+        "$@" "$IMAGE" >/dev/null 2>"$WORK/run.log" || { cat "$WORK/run.log" >&2; fail "$what did not start"; }
+}
+start_container "the container"
 # (podman without systemd logs errors about health-check timers here: harmless, kept out of sight)
 STARTED=1
 
@@ -175,10 +181,7 @@ say "stopped cleanly"
 # --- the int8 option the image also ships: it must load and answer with its own identity -----
 "$ENGINE" rm -f "$NAME" >/dev/null 2>&1
 NAME=$NAME-int8
-"$ENGINE" run -d --name "$NAME" -p "127.0.0.1:$PORT:8000" --read-only --tmpfs /tmp --cpus 2 --memory 1g \
-    --cap-drop ALL --security-opt no-new-privileges \
-    -e DSCNET_MODEL_PATH=/opt/dscnet/models/dscnet-int8.onnx \
-    "$IMAGE" >/dev/null 2>"$WORK/run.log" || { cat "$WORK/run.log" >&2; fail "the int8 container did not start"; }
+start_container "the int8 container" -e DSCNET_MODEL_PATH=/opt/dscnet/models/dscnet-int8.onnx
 wait_ready
 code=$(curl -s -o "$WORK/predict-int8.json" -w '%{http_code}' -F "image=@$SMEAR" "$URL/predict")
 [ "$code" = 200 ] || fail "POST /predict with the int8 model answered $code: $(cat "$WORK/predict-int8.json")"
