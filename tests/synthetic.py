@@ -18,7 +18,6 @@ def gradient(width: int, height: int) -> np.ndarray:
                     axis=-1).astype(np.uint8)
 
 
-
 def disks(centres: list[tuple[int, int]], colour: tuple[int, int, int] = (0, 0, 0), radius: int = 40) -> np.ndarray:
     """224x224 white fields, each with one disk of `colour` centred at its (row, column): cells whose size is known."""
     rows, cols = np.indices((224, 224))
@@ -26,6 +25,7 @@ def disks(centres: list[tuple[int, int]], colour: tuple[int, int, int] = (0, 0, 
     for image, (row, col) in zip(images, centres):
         image[(rows - row) ** 2 + (cols - col) ** 2 < radius ** 2] = colour
     return images
+
 
 def png_declaring(width: int, height: int) -> bytes:
     """A 1x1 PNG whose header is rewritten to declare width x height (a decompression bomb)."""
