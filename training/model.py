@@ -10,7 +10,12 @@ rest open; our choices, each for this 2-core CPU budget and this dataset:
   field, with the lower-right corner (where the scale bar is burned in) excluded from the
   statistics and set to zero. In optical density a change of illumination is an additive
   shift and a change of stain amount or gamma is a scale factor, so standardisation removes
-  both: what is left is the pattern of stain, the cells' morphology.
+  both: what is left is the pattern of stain, the cells' morphology. With
+  `colour_space="lab"` (`dscnet train --filter-space lab`) the same standardisation is done in
+  l-alpha-beta, the log-LMS space of Reinhard et al. (2001), instead: a change of stain hue
+  that mixes the RGB channels, modelled as a per-channel affine change there (the Reinhard
+  transfer of the audit), then leaves the filter's output unchanged, up to rounding and
+  clipping (models/selection-notes.md, round v15).
 - A strided two-convolution stem (224 -> 56) instead of a 7x7 convolution: measured here,
   a full-resolution stem was a third of all compute. With this stem and these blocks
   (292K parameters) a training step of 20 images takes 0.33 s here; the first layout we
@@ -35,24 +40,34 @@ from keras import layers, ops
 
 from app.imaging import IMAGE_SIZE
 from app.labels import CLASS_IDS
-from training.shifts import CORNER_HEIGHT, CORNER_WIDTH
+from training.recipe import FILTER_SPACE, FILTER_SPACES
+from training.shifts import CORNER_HEIGHT, CORNER_WIDTH, LAB_FROM_LOGLMS, LMS_FROM_RGB
 
 
 @keras.saving.register_keras_serializable(package="dscnet")
 class SmearFilter(layers.Layer):
-    """Fixed image filter: optical density, corner mask, per-image channel standardisation."""
+    """Fixed image filter: optical density (or l-alpha-beta), corner mask, per-image channel standardisation."""
 
     def __init__(self, corner_height: int = CORNER_HEIGHT, corner_width: int = CORNER_WIDTH,
-                 epsilon: float = 1e-3, **kwargs):
+                 epsilon: float = 1e-3, colour_space: str = "density", **kwargs):
         kwargs.pop("trainable", None)  # a fixed filter: never trainable, also when reloaded
         super().__init__(trainable=False, **kwargs)
+        if colour_space not in FILTER_SPACES:
+            raise ValueError(f"colour_space must be one of {FILTER_SPACES}, not {colour_space!r}")
         self.corner_height = corner_height
         self.corner_width = corner_width
         self.epsilon = epsilon
+        self.colour_space = colour_space
 
     def call(self, pixels):
         x = ops.cast(pixels, "float32")
-        density = -ops.log((x + 1.0) / 256.0)
+        if self.colour_space == "lab":
+            # training.shifts' l-alpha-beta, as the audit's Reinhard transfer computes it (the
+            # per-channel scale of log10 and of the matrix rows cancels in the standardisation)
+            lms = ops.matmul(ops.maximum(x, 1.0) / 255.0, ops.convert_to_tensor(LMS_FROM_RGB.T, "float32"))
+            density = ops.matmul(ops.log(lms), ops.convert_to_tensor(LAB_FROM_LOGLMS.T, "float32"))
+        else:
+            density = -ops.log((x + 1.0) / 256.0)
         height, width = ops.shape(x)[1], ops.shape(x)[2]
         rows = ops.expand_dims(ops.arange(height) >= height - self.corner_height, 1)
         cols = ops.expand_dims(ops.arange(width) >= width - self.corner_width, 0)
@@ -66,7 +81,7 @@ class SmearFilter(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "corner_height": self.corner_height,
-                "corner_width": self.corner_width, "epsilon": self.epsilon}
+                "corner_width": self.corner_width, "epsilon": self.epsilon, "colour_space": self.colour_space}
 
 
 def _spatial_sum(x):
@@ -86,6 +101,7 @@ class DSCNetConfig:
     compression: float = 0.5
     dropout: float = 0.1
     leaky_slope: float = 0.1
+    filter_space: str = FILTER_SPACE  # SmearFilter's colour space (training.recipe.FILTER_SPACES)
 
     @classmethod
     def tiny(cls) -> "DSCNetConfig":
@@ -101,7 +117,7 @@ def build_dscnet(config: DSCNetConfig = DSCNetConfig(), num_classes: int = len(C
         raise ValueError("block_layers and growth_rates need one entry per dense block")
     size = config.image_size
     pixels = keras.Input(shape=(size, size, 3), dtype="float32", name="image")
-    x = SmearFilter(name="smear_filter")(pixels)
+    x = SmearFilter(colour_space=config.filter_space, name="smear_filter")(pixels)
     for i, filters in enumerate(config.stem_filters):
         x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"stem_conv{i}")(x)
         x = layers.BatchNormalization(name=f"stem_bn{i}")(x)

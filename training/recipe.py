@@ -12,3 +12,7 @@ BLUR_SIGMA_MAX = 2.0
 # share of training images shown in a field 1 to 2 times as wide, cells that much smaller (2.3.0's;
 # 2.2.0 had none and read wider fields wrongly: models/selection-notes.md, rounds v12-v14)
 WIDE_FIELD_SHARE = 0.15
+# the image filter's colour space: optical density per RGB channel (2.3.0), or l-alpha-beta
+# (`--filter-space lab`, round v15: unchanged by a Reinhard stain transfer; training.model.SmearFilter)
+FILTER_SPACES = ("density", "lab")
+FILTER_SPACE = "density"
