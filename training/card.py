@@ -70,6 +70,24 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+IMAGE_FILTERS = {
+    "density": "Fixed layer SmearFilter: optical density -log((I+1)/256) per channel, the lower-right "
+               "36x40 pixel corner (scale bar) excluded and zeroed, per-image per-channel standardisation. "
+               "Removes illumination (additive in optical density) and stain amount / gamma "
+               "(multiplicative), leaving the pattern of stain.",
+    "lab": "Fixed layer SmearFilter: l-alpha-beta (Reinhard et al. 2001: log of LMS cone responses, "
+           "decorrelated) per pixel, the lower-right 36x40 pixel corner (scale bar) excluded and zeroed, "
+           "per-image per-channel standardisation (epsilon 1e-3). Removes illumination and changes of stain "
+           "colour that are per-channel affine in l-alpha-beta (a Reinhard colour transfer), up to rounding "
+           "and clipping, leaving the pattern of stain.",
+}
+
+
+def image_filter_text(filter_space: str) -> str:
+    """The card's description of the image filter in the run's colour space (training.model.SmearFilter)."""
+    return IMAGE_FILTERS[filter_space]
+
+
 def build_card(onnx_path: Path, training: dict, export: dict, versions: dict) -> dict:
     """The card for a freshly exported model (metrics are added by `dscnet evaluate`)."""
     return {
@@ -90,10 +108,7 @@ def build_card(onnx_path: Path, training: dict, export: dict, versions: dict) ->
                            "centre crop to square; antialiased bilinear resize to 224x224. Scaling and "
                            "the image filter are inside the ONNX graph.",
         },
-        "image_filter": "Fixed layer SmearFilter: optical density -log((I+1)/256) per channel, the "
-                        "lower-right 36x40 pixel corner (scale bar) excluded and zeroed, per-image "
-                        "per-channel standardisation. Removes illumination (additive in optical density) "
-                        "and stain amount / gamma (multiplicative), leaving the pattern of stain.",
+        "image_filter": image_filter_text(training["config"]["model"].get("filter_space", "density")),
         "opset": export["opset"],
         "export_parity": export,
         "frameworks": versions,
