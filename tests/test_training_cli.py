@@ -29,7 +29,7 @@ def test_train_command_defaults_are_the_recipe_that_training_uses(tmp_path):
     args = parser.parse_args(["train"])
     shown = (args.epochs, args.blur_share, args.blur_sigma_max, args.wide_field_share)
     assert shown == (recipe.EPOCHS, recipe.BLUR_SHARE, recipe.BLUR_SIGMA_MAX, recipe.WIDE_FIELD_SHARE) == (20, 0.4, 2.0, 0.15)
-    assert args.filter_space == recipe.FILTER_SPACE == "density"
+    assert args.filter_space is None and recipe.FILTER_SPACE == "lab"  # None: the recipe's, for DSCNet only
 
     pytest.importorskip("keras", reason="the [train] extra is not installed")  # CI installs it
     from training import augment
@@ -37,7 +37,7 @@ def test_train_command_defaults_are_the_recipe_that_training_uses(tmp_path):
 
     config = TrainConfig(data_dir=tmp_path, out_dir=tmp_path)
     assert (config.epochs, config.blur_share, config.blur_sigma_max, config.wide_field_share) == shown
-    assert config.model.filter_space == args.filter_space
+    assert config.model.filter_space == recipe.FILTER_SPACE
     layer = augment.SmearAugment(seed=0)
     assert (layer.blur_share, layer.blur_sigma_max) == shown[1:3]
 

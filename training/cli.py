@@ -65,7 +65,7 @@ def run_train(args: argparse.Namespace) -> int:
     from training.model import DSCNetConfig
     from training.train import TrainConfig, train
 
-    if args.arch != "dscnet" and args.filter_space != recipe.FILTER_SPACE:
+    if args.arch != "dscnet" and args.filter_space is not None:
         raise SystemExit(f"--filter-space applies to dscnet only; {args.arch} keeps the optical-density filter")
     default_out = REPO_ROOT / "runs" / (args.split if args.arch == "dscnet" else args.arch)
     config = TrainConfig(data_dir=args.data_dir, out_dir=args.out or default_out, split=args.split,
@@ -73,7 +73,7 @@ def run_train(args: argparse.Namespace) -> int:
                          arch=args.arch, stain_transfer=args.stain_transfer, manifest=args.manifest,
                          workers=args.workers, time_limit=args.time_limit, blur_share=args.blur_share,
                          blur_sigma_max=args.blur_sigma_max, wide_field_share=args.wide_field_share,
-                         model=DSCNetConfig(filter_space=args.filter_space))
+                         model=DSCNetConfig(filter_space=args.filter_space or recipe.FILTER_SPACE))
     try:
         folder = train(config)
     except DatasetError as err:
@@ -273,9 +273,9 @@ def add_commands(commands) -> None:
     train.add_argument("--wide-field-share", type=_share, default=recipe.WIDE_FIELD_SHARE, metavar="SHARE",
                        help="share of training images shown in a field 1 to 2 times as wide, with smaller cells "
                             "(a mosaic of the image's smear session; default %(default)s)")
-    train.add_argument("--filter-space", choices=recipe.FILTER_SPACES, default=recipe.FILTER_SPACE,
-                       help="the image filter standardises each image per channel in optical density or in "
-                            "l-alpha-beta (Reinhard's space; default %(default)s)")
+    train.add_argument("--filter-space", choices=recipe.FILTER_SPACES, default=None,
+                       help="DSCNet's image filter standardises each image per channel in l-alpha-beta "
+                            f"(Reinhard's space) or in optical density (default {recipe.FILTER_SPACE})")
     train.add_argument("--manifest", type=Path, default=None,
                        help="train on this split manifest (e.g. models/split.csv) instead of drawing a split; "
                             "only its training and validation images need to be in --data-dir")

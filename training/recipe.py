@@ -6,13 +6,13 @@ command line shows the same values, so the three cannot drift apart.
 
 from __future__ import annotations
 
-EPOCHS = 20  # the paper's; the shipped 2.3.0 was trained with --epochs 40 (models/selection-notes.md)
+EPOCHS = 20  # the paper's; the shipped 2.4.0 was trained with --epochs 40 (models/selection-notes.md)
 BLUR_SHARE = 0.4  # share of images blurred, with one Gaussian sigma per batch from 0.5 to BLUR_SIGMA_MAX
 BLUR_SIGMA_MAX = 2.0
 # share of training images shown in a field 1 to 2 times as wide, cells that much smaller (2.3.0's;
 # 2.2.0 had none and read wider fields wrongly: models/selection-notes.md, rounds v12-v14)
 WIDE_FIELD_SHARE = 0.15
-# the image filter's colour space: optical density per RGB channel (2.3.0), or l-alpha-beta
-# (`--filter-space lab`, round v15: unchanged by a Reinhard stain transfer; training.model.SmearFilter)
+# the image filter's colour space: l-alpha-beta (2.4.0's, round v15: nearly unchanged by a Reinhard
+# stain transfer) or optical density per RGB channel (2.3.0 and before); training.model.SmearFilter
 FILTER_SPACES = ("density", "lab")
-FILTER_SPACE = "density"
+FILTER_SPACE = "lab"
