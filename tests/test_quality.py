@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import colorsys
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import helpers_smears as smears
 from app.imaging import decode_image
@@ -22,9 +24,27 @@ def test_a_smear_made_in_code_draws_no_warning(seed: int) -> None:
     assert codes(smears.smear(seed)) == []
 
 
-def test_a_greyscale_smear_is_not_flagged() -> None:
+def test_a_greyscale_smear_is_monochrome() -> None:
     grey = np.repeat(smears.smear()[..., 1:2], 3, axis=-1)
-    assert codes(grey) == []
+    (warning,) = assess_quality(grey)
+    assert warning.code == "monochrome" and "send the camera's colour image" in warning.detail
+
+
+def test_a_grey_photograph_sent_as_colour_jpeg_is_monochrome(real_images: dict[str, Path]) -> None:
+    grey = Image.open(real_images["Pre"]).convert("L").convert("RGB")  # three equal channels, as RGB
+    buffer = io.BytesIO()
+    grey.save(buffer, format="JPEG", quality=75)
+    assert codes(decode_image(buffer.getvalue())) == ["monochrome"]
+    assert codes(decode_image(real_images["Pre"].read_bytes())) == []  # the colour original: no warning
+
+
+def test_a_faintly_tinted_smear_is_not_monochrome() -> None:
+    """Coloured means channels 6 levels apart or more; a smear whose cells differ that much is not grey."""
+    tinted = np.repeat(smears.smear()[..., 1:2], 3, axis=-1).astype(np.int16)
+    tinted[..., 2] = np.clip(tinted[..., 2] + 6, 0, 255)  # every pixel but the white ones gains blue
+    share = measure(tinted.astype(np.uint8)).colour_share
+    assert share >= 0.05
+    assert "monochrome" not in codes(tinted.astype(np.uint8))
 
 
 @pytest.mark.parametrize("radius", [1.5, 2.0, 4.0])
@@ -91,6 +111,8 @@ def test_measures_equal_the_textbook_statistics(image: str) -> None:
     assert found.p90_grey == pytest.approx(np.sort(grey.ravel())[int(0.9 * (grey.size - 1))], abs=1e-3)
     assert found.dark_share == np.count_nonzero(pixels.max(axis=2) <= 10) / grey.size
     assert found.clipped_share == np.count_nonzero(pixels.min(axis=2) >= 250) / grey.size
+    spread = pixels.max(axis=2).astype(int) - pixels.min(axis=2)
+    assert found.colour_share == np.count_nonzero(spread >= 6) / grey.size
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ const WARNING_NAMES = {
   out_of_focus: "Out of focus",
   under_exposed: "Under-exposed",
   over_exposed: "Over-exposed",
+  monochrome: "Greyscale",
   not_smear_like: "Not smear-like",
 };
 
