@@ -82,9 +82,9 @@ IMAGE_FILTERS = {
                "(multiplicative), leaving the pattern of stain.",
     "lab": "Fixed layer SmearFilter: l-alpha-beta (Reinhard et al. 2001: log of LMS cone responses, "
            "decorrelated) per pixel, the lower-right 36x40 pixel corner (scale bar) excluded and zeroed, "
-           "per-image per-channel standardisation (epsilon 1e-3). Removes illumination and changes of stain "
-           "colour that are per-channel affine in l-alpha-beta (a Reinhard colour transfer), up to rounding "
-           "and clipping, leaving the pattern of stain.",
+           "per-image per-channel standardisation (epsilon 1e-3). Removes illumination and, for float images, "
+           "changes of stain colour that are per-channel affine in l-alpha-beta (a Reinhard colour transfer); "
+           "for 8-bit images only in part, as rounding dominates the nearly constant beta channel of smears.",
 }
 
 
