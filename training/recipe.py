@@ -12,7 +12,8 @@ BLUR_SIGMA_MAX = 2.0
 # share of training images shown in a field 1 to 2 times as wide, cells that much smaller (2.3.0's;
 # 2.2.0 had none and read wider fields wrongly: models/selection-notes.md, rounds v12-v14)
 WIDE_FIELD_SHARE = 0.15
-# the image filter's colour space: l-alpha-beta (2.4.0's, round v15: nearly unchanged by a Reinhard
-# stain transfer) or optical density per RGB channel (2.3.0 and before); training.model.SmearFilter
+# the image filter's colour space: l-alpha-beta (2.4.0's, round v15: designed against Reinhard stain
+# transfers, which it undoes only in part for 8-bit images) or optical density per RGB channel (2.3.0
+# and before); training.model.SmearFilter
 FILTER_SPACES = ("density", "lab")
 FILTER_SPACE = "lab"
