@@ -35,6 +35,11 @@ def scaled(pixels: np.ndarray, gain: float, offset: float = 0.0) -> np.ndarray:
     return np.clip(pixels.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
 
 
+def greyscale(pixels: np.ndarray) -> np.ndarray:
+    """The green channel in all three: a grey image sent as RGB."""
+    return np.repeat(pixels[..., 1:2], 3, axis=-1)
+
+
 def plain(colour: tuple[int, int, int]) -> np.ndarray:
     return np.full((SIZE, SIZE, 3), colour, dtype=np.uint8)
 

@@ -60,7 +60,7 @@ def test_a_low_confidence_case_is_referred_with_its_numbers(tmp_path: Path) -> N
         (lambda: smears.blurred(smears.smear()), "out_of_focus"),
         (lambda: smears.scaled(smears.smear(), 0.4), "under_exposed"),
         (lambda: smears.scaled(smears.smear(), 1.0, 80), "over_exposed"),
-        (lambda: np.repeat(smears.smear()[..., 1:2], 3, axis=-1), "monochrome"),
+        (lambda: smears.greyscale(smears.smear()), "monochrome"),
         (smears.landscape, "not_smear_like"),
     ],
 )

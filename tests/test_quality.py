@@ -25,7 +25,7 @@ def test_a_smear_made_in_code_draws_no_warning(seed: int) -> None:
 
 
 def test_a_greyscale_smear_is_monochrome() -> None:
-    grey = np.repeat(smears.smear()[..., 1:2], 3, axis=-1)
+    grey = smears.greyscale(smears.smear())
     (warning,) = assess_quality(grey)
     assert warning.code == "monochrome" and "send the camera's colour image" in warning.detail
 
@@ -40,7 +40,7 @@ def test_a_grey_photograph_sent_as_colour_jpeg_is_monochrome(real_images: dict[s
 
 def test_a_faintly_tinted_smear_is_not_monochrome() -> None:
     """Coloured means channels 6 levels apart or more; a smear whose cells differ that much is not grey."""
-    tinted = np.repeat(smears.smear()[..., 1:2], 3, axis=-1).astype(np.int16)
+    tinted = smears.greyscale(smears.smear()).astype(np.int16)
     tinted[..., 2] = np.clip(tinted[..., 2] + 6, 0, 255)  # every pixel but the white ones gains blue
     share = measure(tinted.astype(np.uint8)).colour_share
     assert share >= 0.05
