@@ -72,21 +72,23 @@ def hed_stain(images: np.ndarray, scale: float = 0.2, shift: float = 0.05, seed:
     return _to_uint8(256.0 * np.exp(-(stains @ RGB_FROM_HED)) - 1.0)
 
 
-def _rgb_to_lab(images: np.ndarray) -> np.ndarray:
+def rgb_to_lab(images: np.ndarray) -> np.ndarray:
+    """Reinhard et al.'s l-alpha-beta (float64) of RGB pixels in 0..255."""
     rgb = np.maximum(images.astype(np.float64) / 255.0, 1.0 / 255.0)
     return np.log10(rgb @ LMS_FROM_RGB.T) @ LAB_FROM_LOGLMS.T
 
 
-def _lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """The inverse of `rgb_to_lab`: float RGB, neither rounded nor clipped."""
     lms = 10.0 ** (lab @ np.linalg.inv(LAB_FROM_LOGLMS).T)
-    return _to_uint8(255.0 * (lms @ np.linalg.inv(LMS_FROM_RGB).T))
+    return 255.0 * (lms @ np.linalg.inv(LMS_FROM_RGB).T)
 
 
 def image_colour_statistics(images: np.ndarray, chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Each image's per-channel l-alpha-beta mean and standard deviation, two (N, 3) arrays."""
     means, stds = [], []
     for start in range(0, len(images), chunk):  # float64 l-alpha-beta of every image at once is GBs
-        lab = _rgb_to_lab(images[start:start + chunk])
+        lab = rgb_to_lab(images[start:start + chunk])
         means.append(lab.mean(axis=(1, 2)))
         stds.append(lab.std(axis=(1, 2)))
     return np.concatenate(means), np.concatenate(stds)
@@ -100,10 +102,10 @@ def colour_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def reinhard_transfer(images: np.ndarray, target_mean: np.ndarray, target_std: np.ndarray) -> np.ndarray:
     """Give every image the target colour statistics in l-alpha-beta space (Reinhard et al. 2001)."""
-    lab = _rgb_to_lab(images)
+    lab = rgb_to_lab(images)
     mean = lab.mean(axis=(1, 2), keepdims=True)
     std = lab.std(axis=(1, 2), keepdims=True) + 1e-6
-    return _lab_to_rgb((lab - mean) / std * target_std + target_mean)
+    return _to_uint8(lab_to_rgb((lab - mean) / std * target_std + target_mean))
 
 
 def _per_image(images: np.ndarray, transform) -> np.ndarray:
