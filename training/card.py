@@ -75,6 +75,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# the card's description of the image filter, by the run's colour space (training.model.SmearFilter)
 IMAGE_FILTERS = {
     "density": "Fixed layer SmearFilter: optical density -log((I+1)/256) per channel, the lower-right "
                "36x40 pixel corner (scale bar) excluded and zeroed, per-image per-channel standardisation. "
@@ -86,11 +87,6 @@ IMAGE_FILTERS = {
            "changes of stain colour that are per-channel affine in l-alpha-beta (a Reinhard colour transfer); "
            "for 8-bit images only in part, as rounding dominates the nearly constant beta channel of smears.",
 }
-
-
-def image_filter_text(filter_space: str) -> str:
-    """The card's description of the image filter in the run's colour space (training.model.SmearFilter)."""
-    return IMAGE_FILTERS[filter_space]
 
 
 def build_card(onnx_path: Path, training: dict, export: dict, versions: dict) -> dict:
@@ -113,7 +109,7 @@ def build_card(onnx_path: Path, training: dict, export: dict, versions: dict) ->
                            "centre crop to square; antialiased bilinear resize to 224x224. Scaling and "
                            "the image filter are inside the ONNX graph.",
         },
-        "image_filter": image_filter_text(training["config"]["model"].get("filter_space", "density")),
+        "image_filter": IMAGE_FILTERS[training["config"]["model"].get("filter_space", "density")],
         "opset": export["opset"],
         "export_parity": export,
         "frameworks": versions,
