@@ -97,6 +97,17 @@ def test_lab_dscnet_reloads_with_its_filter_and_exports_with_parity(tmp_path):
     assert max(v for k, v in record["max_abs_difference"].items() if k.startswith("probabilities@")) <= PARITY_TOLERANCE
 
 
+def test_fine_stem_keeps_full_resolution_first_and_the_blocks_at_a_quarter_of_the_side():
+    fine = build_dscnet(dataclasses.replace(DSCNetConfig.tiny(), stem_strides=(1, 2)))
+    usual = build_dscnet(DSCNetConfig.tiny())
+    assert fine.get_layer("stem_conv0").output.shape[1:3] == (224, 224)
+    assert usual.get_layer("stem_conv0").output.shape[1:3] == (112, 112)
+    assert fine.get_layer("block0_l0_concat").output.shape == usual.get_layer("block0_l0_concat").output.shape
+    assert fine.count_params() == usual.count_params()  # a pooling layer, no weights
+    with pytest.raises(ValueError, match="stem_strides"):
+        build_dscnet(dataclasses.replace(DSCNetConfig.tiny(), stem_strides=(3, 1)))
+
+
 def test_dscnet_structure_follows_the_paper():
     model = build_dscnet(DSCNetConfig.tiny())
     names = [layer.name for layer in model.layers]

@@ -30,6 +30,7 @@ def test_train_command_defaults_are_the_recipe_that_training_uses(tmp_path):
     shown = (args.epochs, args.blur_share, args.blur_sigma_max, args.wide_field_share)
     assert shown == (recipe.EPOCHS, recipe.BLUR_SHARE, recipe.BLUR_SIGMA_MAX, recipe.WIDE_FIELD_SHARE) == (20, 0.4, 2.0, 0.15)
     assert args.filter_space is None and recipe.FILTER_SPACE == "lab"  # None: the recipe's, for DSCNet only
+    assert args.stem_strides is None and recipe.STEM_STRIDES == (2, 2)
 
     pytest.importorskip("keras", reason="the [train] extra is not installed")  # CI installs it
     from training import augment
@@ -38,13 +39,15 @@ def test_train_command_defaults_are_the_recipe_that_training_uses(tmp_path):
     config = TrainConfig(data_dir=tmp_path, out_dir=tmp_path)
     assert (config.epochs, config.blur_share, config.blur_sigma_max, config.wide_field_share) == shown
     assert config.model.filter_space == recipe.FILTER_SPACE
+    assert config.model.stem_strides == recipe.STEM_STRIDES
     layer = augment.SmearAugment(seed=0)
     assert (layer.blur_share, layer.blur_sigma_max) == shown[1:3]
 
 
-def test_filter_space_with_another_architecture_is_refused_not_ignored(tmp_path, capsys):
+@pytest.mark.parametrize("option", [["--filter-space", "lab"], ["--stem-strides", "1", "2"]])
+def test_dscnet_options_with_another_architecture_are_refused_not_ignored(option, tmp_path, capsys):
     pytest.importorskip("keras", reason="the [train] extra is not installed")  # CI installs it
     with pytest.raises(SystemExit) as exited:
-        main(["train", "--arch", "lenet5", "--filter-space", "lab", "--out", str(tmp_path / "run")])
-    assert "--filter-space applies to dscnet only" in str(exited.value.code)
+        main(["train", "--arch", "lenet5", *option, "--out", str(tmp_path / "run")])
+    assert f"{option[0]} applies to dscnet only" in str(exited.value.code)
     assert not (tmp_path / "run").exists()

@@ -67,13 +67,16 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.arch != "dscnet" and args.filter_space is not None:
         raise SystemExit(f"--filter-space applies to dscnet only; {args.arch} keeps the optical-density filter")
+    if args.arch != "dscnet" and args.stem_strides is not None:
+        raise SystemExit(f"--stem-strides applies to dscnet only; {args.arch} has a stem of its own")
     default_out = REPO_ROOT / "runs" / (args.split if args.arch == "dscnet" else args.arch)
     config = TrainConfig(data_dir=args.data_dir, out_dir=args.out or default_out, split=args.split,
                          epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, split_seed=args.split_seed,
                          arch=args.arch, stain_transfer=args.stain_transfer, manifest=args.manifest,
                          workers=args.workers, time_limit=args.time_limit, blur_share=args.blur_share,
                          blur_sigma_max=args.blur_sigma_max, wide_field_share=args.wide_field_share,
-                         model=DSCNetConfig(filter_space=args.filter_space or recipe.FILTER_SPACE))
+                         model=DSCNetConfig(filter_space=args.filter_space or recipe.FILTER_SPACE,
+                                            stem_strides=tuple(args.stem_strides or recipe.STEM_STRIDES)))
     try:
         folder = train(config)
     except DatasetError as err:
@@ -276,6 +279,9 @@ def add_commands(commands) -> None:
     train.add_argument("--filter-space", choices=recipe.FILTER_SPACES, default=None,
                        help="DSCNet's image filter standardises each image per channel in l-alpha-beta "
                             f"(Reinhard's space) or in optical density (default {recipe.FILTER_SPACE})")
+    train.add_argument("--stem-strides", type=int, nargs=2, choices=(1, 2), default=None, metavar="STRIDE",
+                       help="strides of DSCNet's two stem convolutions; 1 2 keeps the first at full resolution "
+                            f"and max-pools after the second (default {' '.join(map(str, recipe.STEM_STRIDES))})")
     train.add_argument("--manifest", type=Path, default=None,
                        help="train on this split manifest (e.g. models/split.csv) instead of drawing a split; "
                             "only its training and validation images need to be in --data-dir")

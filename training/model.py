@@ -42,7 +42,7 @@ from keras import layers, ops
 
 from app.imaging import IMAGE_SIZE
 from app.labels import CLASS_IDS
-from training.recipe import FILTER_SPACE, FILTER_SPACES
+from training.recipe import FILTER_SPACE, FILTER_SPACES, STEM_STRIDES
 from training.shifts import CORNER_HEIGHT, CORNER_WIDTH, LAB_FROM_LOGLMS, LMS_FROM_RGB
 
 
@@ -98,6 +98,9 @@ class DSCNetConfig:
 
     image_size: int = IMAGE_SIZE
     stem_filters: tuple[int, int] = (16, 24)
+    # the stem's convolution strides; (1, 2) keeps the first convolution at full resolution (cell
+    # texture at the pixel scale) and max-pools after the second, so the blocks see the same 56x56
+    stem_strides: tuple[int, int] = STEM_STRIDES
     block_layers: tuple[int, ...] = (3, 4, 6, 6)
     growth_rates: tuple[int, ...] = (12, 12, 16, 24)
     compression: float = 0.5
@@ -120,10 +123,15 @@ def build_dscnet(config: DSCNetConfig = DSCNetConfig(), num_classes: int = len(C
     size = config.image_size
     pixels = keras.Input(shape=(size, size, 3), dtype="float32", name="image")
     x = SmearFilter(colour_space=config.filter_space, name="smear_filter")(pixels)
-    for i, filters in enumerate(config.stem_filters):
-        x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"stem_conv{i}")(x)
+    if len(config.stem_strides) != len(config.stem_filters) or any(s not in (1, 2) for s in config.stem_strides):
+        raise ValueError(f"stem_strides must give 1 or 2 for each stem convolution, not {config.stem_strides}")
+    for i, (filters, stride) in enumerate(zip(config.stem_filters, config.stem_strides, strict=True)):
+        x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"stem_conv{i}")(x)
         x = layers.BatchNormalization(name=f"stem_bn{i}")(x)
         x = layers.LeakyReLU(config.leaky_slope, name=f"stem_act{i}")(x)
+    reduced = int(np.prod(config.stem_strides))
+    if reduced < 2 ** len(config.stem_filters):  # the blocks always start at 1/4 of the side
+        x = layers.MaxPooling2D(2 ** len(config.stem_filters) // reduced, name="stem_pool")(x)
     pooled = []
     last = len(config.block_layers) - 1
     for b, (count, growth) in enumerate(zip(config.block_layers, config.growth_rates)):
