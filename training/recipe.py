@@ -17,6 +17,7 @@ WIDE_FIELD_SHARE = 0.15
 # and before); training.model.SmearFilter
 FILTER_SPACES = ("density", "lab")
 FILTER_SPACE = "lab"
-# strides of DSCNet's two stem convolutions: (2, 2) as 2.4.0 and before; (1, 2) keeps the first at full
-# resolution (training.model.DSCNetConfig.stem_strides)
+# strides of DSCNet's two stem convolutions: (2, 2), the shipped architecture; (1, 2) keeps the first at
+# full resolution (training.model.DSCNetConfig.stem_strides), tried in round v17 and not shipped
+# (models/selection-notes.md)
 STEM_STRIDES = (2, 2)
