@@ -62,6 +62,16 @@ def test_a_wider_field_shows_the_same_cells_smaller() -> None:
     for factor in (0.9, 2.5):
         with pytest.raises(ValueError, match="1 to 2 times"):
             widen(tiles, factor)
+    with pytest.raises(ValueError, match="square mosaic"):
+        widen(tiles[:3], 1.5)
+
+
+def test_a_field_three_times_as_wide_is_cut_from_a_3x3_mosaic() -> None:
+    tiles = disks([(112, 112)] * 9)
+    thrice = widen(tiles, 3.0)  # nine disks of a third of the diameter, one per 75-pixel cell
+    assert thrice.shape == tiles[0].shape
+    assert abs(dark_area(thrice) - dark_area(tiles[0])) < 0.08 * dark_area(tiles[0])
+    assert abs(dark_area(thrice[:75, :75]) - dark_area(tiles[0]) / 9) < 0.08 * dark_area(tiles[0]) / 9 + 20
 
 
 def test_a_field_is_widened_with_the_next_images_of_its_session() -> None:
@@ -74,6 +84,10 @@ def test_a_field_is_widened_with_the_next_images_of_its_session() -> None:
     # image 0's field holds its own disk and image 1's (twice), none of the other session's
     assert np.array_equal(wide[0], widen(images[[0, 1, 0, 1]], 2.0))
     assert np.array_equal(wide[2], widen(images[[2, 3, 2, 3]], 2.0))
+    # beyond twice as wide the field is a 3x3 mosaic, still of the image's own session only
+    wider = wider_field(images, ["a", "a", "b", "b"], 3.0)
+    assert np.array_equal(wider[0], widen(images[[0, 1, 0, 1, 0, 1, 0, 1, 0]], 3.0))
+    assert np.array_equal(wider[3], widen(images[[3, 2, 3, 2, 3, 2, 3, 2, 3]], 3.0))
 
 
 def test_a_narrower_field_shows_the_centre_larger() -> None:
