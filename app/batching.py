@@ -275,7 +275,7 @@ def start_batcher(settings: Settings, classifier: OnnxClassifier, metrics: Metri
     if not settings.batching:
         return None
     batcher = MicroBatcher(
-        classifier.predict_batch,
+        classifier.score_batch,  # rows of probabilities and unfamiliarity, split per request
         max_batch_size=settings.batch_max_size,
         max_wait_s=settings.batch_max_wait_ms / 1000,
         max_queued_images=settings.batch_queue_images,

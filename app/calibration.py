@@ -5,6 +5,12 @@ them to the card's `calibration` block. Serving applies
 
     calibrated = softmax(log(p) / T)              (the same as dividing the logits by T)
     refer_to_human = max(calibrated) < t  or  the image drew a quality warning
+                     or  its unfamiliarity is above the card's familiarity threshold
+
+The unfamiliarity (a model output, `training.familiarity`) measures how far the image's features
+lie from the training images'; its threshold flags 1 in 100 validation images. It catches what a
+confident softmax does not: images of another field of view, stain or kind, which the model
+reads with high confidence and often wrongly.
 
 Temperature scaling never changes which class is the most probable, only how confident the
 answer says it is. A card without a `calibration` block (an older model, a test model) is
@@ -40,19 +46,34 @@ class CardCalibration(BaseModel):
     target_accepted_accuracy: float | None = Field(None, gt=0, le=1)
 
 
+class CardFamiliarity(BaseModel):
+    """The card's `familiarity` block: which output holds the unfamiliarity, and its threshold."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    output: str = Field(min_length=1)
+    threshold: float = Field(gt=0, allow_inf_nan=False)
+    validation_quantile: float | None = Field(None, gt=0, lt=1)
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """What serving applies: a temperature and, if validated, a referral threshold."""
+    """What serving applies: a temperature and, if validated, a referral threshold (and an
+    unfamiliarity threshold, when the model has that output)."""
 
     temperature: float = 1.0
     refer_threshold: float | None = None
     target_accepted_accuracy: float | None = None
+    unfamiliarity_threshold: float | None = None
+    unfamiliarity_quantile: float | None = None
 
     @classmethod
-    def from_card(cls, block: CardCalibration | None) -> Calibration:
+    def from_card(cls, block: CardCalibration | None, familiarity: CardFamiliarity | None = None) -> Calibration:
+        unfamiliar = {} if familiarity is None else {"unfamiliarity_threshold": familiarity.threshold,
+                                                      "unfamiliarity_quantile": familiarity.validation_quantile}
         if block is None:
-            return cls()
-        return cls(block.temperature, block.refer_threshold, block.target_accepted_accuracy)
+            return cls(**unfamiliar)
+        return cls(block.temperature, block.refer_threshold, block.target_accepted_accuracy, **unfamiliar)
 
 
 def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -75,7 +96,8 @@ class Referral:
     reason: str | None
 
 
-def refer(confidence: float, calibration: Calibration, warning_codes: Sequence[str] = ()) -> Referral:
+def refer(confidence: float, calibration: Calibration, warning_codes: Sequence[str] = (),
+          unfamiliarity: float | None = None) -> Referral:
     """Whether a result needs a human, and why (None when it does not).
 
     Args:
@@ -83,6 +105,8 @@ def refer(confidence: float, calibration: Calibration, warning_codes: Sequence[s
         calibration: the model's temperature and threshold.
         warning_codes: the image's quality warnings; any of them refers the case, because the
             threshold was validated on images of good quality only.
+        unfamiliarity: the model's unfamiliarity output for the image, if it has one; above the
+            calibration's unfamiliarity threshold the case is referred.
     """
     reasons = []
     threshold = calibration.refer_threshold
@@ -94,6 +118,12 @@ def refer(confidence: float, calibration: Calibration, warning_codes: Sequence[s
         target = calibration.target_accepted_accuracy
         validated = f", validated for {target:.1%} accuracy on accepted cases" if target else ""
         reasons.append(f"calibrated confidence {confidence:.3f} is below the referral threshold {threshold:.3f}{validated}")
+    limit = calibration.unfamiliarity_threshold
+    if unfamiliarity is not None and limit is not None and not unfamiliarity <= limit:  # NaN refers too
+        share = calibration.unfamiliarity_quantile
+        validated = f", which {1 - share:.0%} of validation images exceed" if share else ""
+        reasons.append(f"the image is unlike those the model was trained and validated on (unfamiliarity "
+                       f"{unfamiliarity:.0f} above the threshold {limit:.0f}{validated})")
     if warning_codes:
         reasons.append("image quality warnings: " + ", ".join(warning_codes))
     return Referral(bool(reasons), "; ".join(reasons) or None)

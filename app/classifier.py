@@ -117,6 +117,8 @@ class OnnxClassifier:
         self.input_name = session.get_inputs()[0].name
         self.output_name = card.output.name
         self.has_activation = _has_activation_output(session)
+        #: the output holding each image's unfamiliarity (the card's familiarity block), or None
+        self.unfamiliarity_output = card.familiarity.output if card.familiarity is not None else None
         # `runs` at a time (one per share of the CPUs): each run already spreads over its
         # threads, so more runs would only contend.
         self.lanes = RunLanes(runs, wide=wide_session is not None)
@@ -133,22 +135,52 @@ class OnnxClassifier:
         (output,) = self._run([self.output_name], images)
         return _check_probabilities(np.asarray(output, dtype=np.float64), len(images))
 
-    def predict_with_activation(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities as `predict_batch` gives them, and the class activation maps (N, h, w, 4) float32.
+    def score_batch(self, images: np.ndarray) -> np.ndarray:
+        """Rows (N, 5) float64: the class probabilities as `predict_batch` gives them, then the
+        image's unfamiliarity (NaN for a model without that output). One row per image, so a
+        shared run's rows split between requests as probabilities do (app.batching)."""
+        rows, _ = self._score(images, activation=False)
+        return rows
 
-        Only explanations ask for the maps: the probability-only run skips computing them.
+    def score_with_activation(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`score_batch`'s rows and the class activation maps (N, h, w, 4) float32.
+
+        Only explanations ask for the maps: the other runs skip computing them.
         """
         if not self.has_activation:
             raise ModelOutputError(f"the model has no {ACTIVATION_OUTPUT!r} output")
+        rows, activation = self._score(images, activation=True)
+        assert activation is not None
+        return rows, activation
+
+    def predict_with_activation(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities as `predict_batch` gives them, and the class activation maps (N, h, w, 4) float32."""
+        rows, activation = self.score_with_activation(images)
+        return rows[:, :len(CLASS_IDS)], activation
+
+    def _score(self, images: np.ndarray, activation: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
             raise ValueError(f"expected uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3), got {images.dtype} {images.shape}")
-        output, activation = self._run([self.output_name, ACTIVATION_OUTPUT], images)
-        activation = np.asarray(activation, dtype=np.float32)
-        if activation.ndim != 4 or activation.shape[0] != len(images) or activation.shape[3] != len(CLASS_IDS):
-            raise ModelOutputError(f"the model's {ACTIVATION_OUTPUT!r} has shape {activation.shape}")
-        if not np.all(np.isfinite(activation)):
-            raise ModelOutputError(f"the model's {ACTIVATION_OUTPUT!r} is not finite")
-        return _check_probabilities(np.asarray(output, dtype=np.float64), len(images)), activation
+        names = [self.output_name]
+        if activation:
+            names.append(ACTIVATION_OUTPUT)
+        if self.unfamiliarity_output is not None:
+            names.append(self.unfamiliarity_output)
+        outputs = self._run(names, images)
+        probabilities = _check_probabilities(np.asarray(outputs[0], dtype=np.float64), len(images))
+        unfamiliarity = np.full(len(images), np.nan)
+        if self.unfamiliarity_output is not None:
+            unfamiliarity = np.asarray(outputs[-1], dtype=np.float64).reshape(-1)
+            if unfamiliarity.shape != (len(images),) or not np.all(np.isfinite(unfamiliarity)):
+                raise ModelOutputError(f"the model's {self.unfamiliarity_output!r} is not one finite value per image")
+        maps = None
+        if activation:
+            maps = np.asarray(outputs[1], dtype=np.float32)
+            if maps.ndim != 4 or maps.shape[0] != len(images) or maps.shape[3] != len(CLASS_IDS):
+                raise ModelOutputError(f"the model's {ACTIVATION_OUTPUT!r} has shape {maps.shape}")
+            if not np.all(np.isfinite(maps)):
+                raise ModelOutputError(f"the model's {ACTIVATION_OUTPUT!r} is not finite")
+        return np.column_stack([probabilities, unfamiliarity]), maps
 
     def _run(self, names: list[str], images: np.ndarray) -> list[np.ndarray]:
         """The session's `names` outputs for uint8 images, in runs of at most `max_run_images`.
@@ -274,3 +306,6 @@ def _check_session_matches_card(session: ort.InferenceSession, card: ModelCard, 
     outputs = [o.name for o in session.get_outputs()]
     if card.output.name not in outputs:
         raise ModelLoadError(f"{model_path} has outputs {outputs}; the card names {card.output.name!r}")
+    if card.familiarity is not None and card.familiarity.output not in outputs:
+        raise ModelLoadError(f"{model_path} has outputs {outputs}; the card's familiarity block names "
+                             f"{card.familiarity.output!r}")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from app.calibration import CardCalibration
+from app.calibration import CardCalibration, CardFamiliarity
 from app.imaging import IMAGE_SIZE, PREPROCESSING_VERSION
 from app.labels import CLASS_IDS
 
@@ -67,6 +67,8 @@ class ModelCard(BaseModel):
     opset: int = Field(ge=1)
     #: temperature and referral threshold (app.calibration); None serves T=1 and refers every case
     calibration: CardCalibration | None = None
+    #: the unfamiliarity output and its referral threshold (app.calibration); None: no such referral
+    familiarity: CardFamiliarity | None = None
 
     @field_validator("sha256", mode="before")
     @classmethod

@@ -1,8 +1,9 @@
 """The prediction path shared by the HTTP service and `dscnet predict`:
 
-    uploads -> decode_image (each) -> stack -> OnnxClassifier.predict_batch (one run)
+    uploads -> decode_image (each) -> stack -> OnnxClassifier.score_batch (one run)
                                             + quality checks (each), beside the run
-      -> calibration and referral -> outcomes [-> heatmaps, when explaining]
+      -> calibration and referral (confidence, quality warnings, unfamiliarity)
+      -> outcomes [-> heatmaps, when explaining]
 
 With a `MicroBatcher` the run is shared with concurrent requests (app.batching): the request
 announces itself before decoding, so a worker holding a partial batch may wait for it.
@@ -47,6 +48,8 @@ class ImageOutcome:
     refer_to_human: bool | None = None
     refer_reason: str | None = None
     warnings: list[QualityWarning] = field(default_factory=list)
+    #: how unlike the training images the model finds it (training.familiarity); None without that output
+    unfamiliarity: float | None = None
     explanation: Explanation | None = None
     error: ImageDecodeError | UploadError | None = None
 
@@ -113,20 +116,25 @@ def _classify(
     start = perf_counter()
     batch = np.stack(pixels)
     if explain:
-        probabilities, activation = classifier.predict_with_activation(batch)
+        rows, activation = classifier.score_with_activation(batch)
     else:
-        probabilities = arrival.predict(batch) if arrival is not None else classifier.predict_batch(batch)
+        rows = arrival.predict(batch) if arrival is not None else classifier.score_batch(batch)
     inference_seconds = perf_counter() - start
     for item, warnings in zip(decoded, checks.result(), strict=True):
         item.warnings = warnings
-    calibration = Calibration.from_card(classifier.card.calibration)
+    probabilities = rows[:, :len(CLASS_IDS)]
+    unfamiliarity = rows[:, len(CLASS_IDS)]
+    calibration = Calibration.from_card(classifier.card.calibration, classifier.card.familiarity)
     calibrated = apply_temperature(probabilities, calibration.temperature)
     for index, (item, raw, row) in enumerate(zip(decoded, probabilities, calibrated, strict=True)):
         top = int(np.argmax(row))
         item.label = CLASS_IDS[top]
         item.probabilities = dict(zip(CLASS_IDS, (float(p) for p in row), strict=True))
         item.uncalibrated = dict(zip(CLASS_IDS, (float(p) for p in raw), strict=True))
-        referral = refer(float(row[top]), calibration, [warning.code for warning in item.warnings])
+        if classifier.unfamiliarity_output is not None:
+            item.unfamiliarity = float(unfamiliarity[index])
+        referral = refer(float(row[top]), calibration, [warning.code for warning in item.warnings],
+                         item.unfamiliarity)
         item.refer_to_human, item.refer_reason = referral.refer_to_human, referral.reason
         if explain:
             item.explanation = explain_image(pixels[index], activation[index], top, item.label)

@@ -210,15 +210,15 @@ def test_the_queue_must_hold_a_full_batch_request(tiny_model: Path) -> None:
 def gated_classifier(monkeypatch: pytest.MonkeyPatch) -> GatedModel:
     """Hold the service's real model runs at a gate (open by default, so warm-up passes)."""
     gate = GatedModel()
-    real = OnnxClassifier.predict_batch
+    real = OnnxClassifier.score_batch
 
-    def predict_batch(self: OnnxClassifier, batch: np.ndarray) -> np.ndarray:
+    def score_batch(self: OnnxClassifier, batch: np.ndarray) -> np.ndarray:
         gate.runs.append([len(batch)])
         gate.running.set()
         assert gate.gate.wait(HANG_GUARD_S)
         return real(self, batch)
 
-    monkeypatch.setattr(OnnxClassifier, "predict_batch", predict_batch)
+    monkeypatch.setattr(OnnxClassifier, "score_batch", score_batch)
     return gate
 
 

@@ -31,17 +31,18 @@ RED = images.solid((255, 0, 0))
 
 
 class HeldModel:
-    """Wraps predict_batch: each run waits at a gate, so requests stay in progress."""
+    """Wraps the classifier's score_batch (the service's runs): each run waits at a gate, so
+    requests stay in progress."""
 
-    def __init__(self, predict_batch) -> None:
-        self.predict_batch = predict_batch
+    def __init__(self, score_batch) -> None:
+        self.score_batch = score_batch
         self.gate = threading.Event()
         self.entered = threading.Semaphore(0)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         self.entered.release()
         assert self.gate.wait(HANG_GUARD_S)
-        return self.predict_batch(batch)
+        return self.score_batch(batch)
 
 
 @pytest.fixture
@@ -49,8 +50,8 @@ def held(tiny_model: Path) -> Iterator[tuple[TestClient, HeldModel]]:
     settings = Settings(model_path=tiny_model, ort_threads=1, batching=False, max_concurrent_requests=LIMIT)
     with TestClient(create_app(settings)) as client:
         classifier = client.app.state.service.classifier
-        model = HeldModel(classifier.predict_batch)
-        classifier.predict_batch = model
+        model = HeldModel(classifier.score_batch)
+        classifier.score_batch = model
         yield client, model
         model.gate.set()
 
@@ -135,8 +136,8 @@ def test_requests_without_a_key_take_no_place(tiny_model: Path) -> None:
                         api_keys=(key,))
     with TestClient(create_app(settings)) as client:
         classifier = client.app.state.service.classifier
-        model = HeldModel(classifier.predict_batch)
-        classifier.predict_batch = model
+        model = HeldModel(classifier.score_batch)
+        classifier.score_batch = model
         with ThreadPoolExecutor(1) as pool:
             held_request = pool.submit(client.post, "/predict", headers={"X-API-Key": key},
                                        files={"image": ("r.png", RED)})

@@ -33,7 +33,7 @@ def test_the_quality_checks_run_while_the_model_runs(
 ) -> None:
     """Each side waits until the other has started: run one after the other, they never meet."""
     both_started = threading.Barrier(2, timeout=10)
-    real_check, real_predict = pipeline.assess_quality, classifier.predict_batch
+    real_check, real_predict = pipeline.assess_quality, classifier.score_batch
 
     def check(pixels: np.ndarray) -> list[QualityWarning]:
         both_started.wait()
@@ -44,7 +44,7 @@ def test_the_quality_checks_run_while_the_model_runs(
         return real_predict(batch)
 
     monkeypatch.setattr(pipeline, "assess_quality", check)
-    monkeypatch.setattr(classifier, "predict_batch", predict)
+    monkeypatch.setattr(classifier, "score_batch", predict)
     (item,) = classify_uploads(classifier, [png_upload(smears.smear())], max_pixels=DEFAULT_MAX_PIXELS).items
     assert item.label is not None and item.warnings == []
 
@@ -75,6 +75,6 @@ def test_a_failing_model_run_is_raised_not_hidden_by_the_checks(
     def fail(batch: np.ndarray) -> np.ndarray:
         raise RuntimeError("the session failed")
 
-    monkeypatch.setattr(classifier, "predict_batch", fail)
+    monkeypatch.setattr(classifier, "score_batch", fail)
     with pytest.raises(RuntimeError, match="the session failed"):
         classify_uploads(classifier, [png_upload(smears.smear())], max_pixels=DEFAULT_MAX_PIXELS)

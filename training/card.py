@@ -111,7 +111,9 @@ def build_card(onnx_path: Path, training: dict, export: dict, versions: dict) ->
         },
         "image_filter": IMAGE_FILTERS[training["config"]["model"].get("filter_space", "density")],
         "opset": export["opset"],
-        "export_parity": export,
+        "export_parity": {key: value for key, value in export.items() if key != "familiarity"},
+        # the unfamiliarity output and its referral threshold (training.familiarity), when exported
+        **({"familiarity": export["familiarity"]} if "familiarity" in export else {}),
         "frameworks": versions,
         "architecture": {"parameters": training["parameters"], "config": training["config"]["model"]},
         "training": {

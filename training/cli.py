@@ -96,13 +96,23 @@ def run_export(args: argparse.Namespace) -> int:
     import tensorflow as tf
     import tf2onnx
 
+    from app.labels import CLASS_IDS
     from training.card import build_card, write_card
     from training.evaluate import load_run
     from training.export import export_onnx, load_keras_model
+    from training.familiarity import fit_familiarity
+    from training.model import is_dscnet
 
     run = load_run(args.run_dir, args.data_dir)
     model = load_keras_model(args.run_dir / "model.keras")
-    record = export_onnx(model, args.out, run.dataset.images[:64], opset=args.opset)
+    statistics = familiarity = None
+    if is_dscnet(model):  # a single DSCNet: its unfamiliarity output, fitted on this run's split
+        x_train, y_train, _ = run.dataset.subset("train")
+        x_val, _, _ = run.dataset.subset("val")
+        statistics, familiarity = fit_familiarity(model, (x_train, y_train), x_val, len(CLASS_IDS))
+    record = export_onnx(model, args.out, run.dataset.images[:64], opset=args.opset, familiarity=statistics)
+    if familiarity is not None:
+        record["familiarity"] = familiarity
     versions = {**run.summary["versions"], "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__,
                 "onnxruntime": onnxruntime.__version__, "tensorflow_export": tf.__version__}
     card = build_card(args.out, run.summary, record, versions)

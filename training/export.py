@@ -11,6 +11,7 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
+from training.familiarity import FeatureStatistics, with_unfamiliarity
 from training.model import (  # noqa: F401  (SmearFilter: registers the layer)
     SmearFilter,
     ensemble_members,
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-5  # probabilities, absolute
-# Heatmap maps, relative to their largest magnitude: onnxruntime's bilinear Resize differs from
+# Heatmap maps and the unfamiliarity, relative to their largest magnitude: onnxruntime's bilinear Resize differs from
 # TensorFlow's by a few 1e-4 at map edges, invisible in a heatmap, irrelevant to probabilities.
 MAP_TOLERANCE = 1e-3
 PARITY_BATCH_SIZES = (1, 7, 32)
@@ -34,12 +35,13 @@ class ExportParityError(RuntimeError):
 
 
 def export_onnx(model: keras.Model, onnx_path: Path, check_images: np.ndarray, opset: int = OPSET,
-                tolerance: float = PARITY_TOLERANCE) -> dict:
+                tolerance: float = PARITY_TOLERANCE, familiarity: FeatureStatistics | None = None) -> dict:
     """Convert with tf2onnx (input "image": float32 NHWC, dynamic batch) and verify parity.
 
     A DSCNet's ONNX model has two outputs: "probabilities" and "class_activation" (the
-    heatmap maps of `with_class_activation`); serving asks only for what it needs. The
-    comparison architectures export "probabilities" alone.
+    heatmap maps of `with_class_activation`), and with `familiarity` (a single DSCNet's training
+    feature statistics, `training.familiarity`) a third, "unfamiliarity"; serving asks only for
+    what it needs. The comparison architectures export "probabilities" alone.
 
     Args:
         model: the trained Keras model.
@@ -54,8 +56,11 @@ def export_onnx(model: keras.Model, onnx_path: Path, check_images: np.ndarray, o
     size = model.input_shape[1]
     signature = [tf.TensorSpec((None, size, size, 3), tf.float32, name="image")]
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    if familiarity is not None and not is_dscnet(model):
+        raise ValueError("the unfamiliarity output needs a single DSCNet (its skip_features)")
     if is_dscnet(model) or ensemble_members(model):  # DSCNet or an ensemble of them: add the heatmap output
-        model = with_heatmaps(model)
+        exported = with_heatmaps(model)
+        model = exported if familiarity is None else with_unfamiliarity(model, exported, familiarity)
     tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset, output_path=str(onnx_path))
     parity = verify_parity(model, onnx_path, check_images, tolerance)
     log.info("exported %s (opset %d); max |keras - onnx| %s", onnx_path, opset, parity)
