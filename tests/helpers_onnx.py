@@ -43,6 +43,11 @@ CALIBRATION = {
 }
 
 
+#: A card's "familiarity" block for the tiny model's "unfamiliarity" output (training.familiarity):
+#: grey and dataset-like images stay under it, a pure colour or black goes over.
+FAMILIARITY = {"output": "unfamiliarity", "threshold": 2.5, "validation_quantile": 0.99}
+
+
 def build_tiny_model(
     path: Path,
     *,
@@ -50,12 +55,16 @@ def build_tiny_model(
     output_name: str = "probabilities",
     image_size: int = IMAGE_SIZE,
     with_activation: bool = True,
+    with_unfamiliarity: bool = False,
 ) -> Path:
     """Write the tiny ONNX model to `path`; the names and size can be changed to test refusals.
 
     Args:
         with_activation: False leaves out the "class_activation" output, like models exported
             before explanations existed.
+        with_unfamiliarity: add an "unfamiliarity" output [N] (training.familiarity's place): the
+            squared distance of the image's mean colour from mid-grey over 10,000 (a grey image 0,
+            a smear's colours about 1.4, a pure colour or black 4.9); pair it with FAMILIARITY.
     """
     weights = np.zeros((3, len(CLASS_IDS)), dtype=np.float32)
     weights[0, 0] = weights[1, 1] = weights[2, 2] = SCALE
@@ -74,14 +83,23 @@ def build_tiny_model(
             helper.make_node("Transpose", ["pooled"], ["pooled_nhwc"], perm=[0, 2, 3, 1]),
             helper.make_node("MatMul", ["pooled_nhwc", "weights"], ["class_activation"]),
         ]
+    if with_unfamiliarity:
+        nodes += [
+            helper.make_node("Sub", ["mean", "grey"], ["off_grey"]),
+            helper.make_node("ReduceSumSquare", ["off_grey"], ["off_grey_squared"], axes=[1], keepdims=0),
+            helper.make_node("Mul", ["off_grey_squared", "per_hundred"], ["unfamiliarity"]),
+        ]
     graph = helper.make_graph(
         nodes=nodes,
         name="tiny_dscnet",
         inputs=[helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", image_size, image_size, 3])],
         outputs=[helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", len(CLASS_IDS)])]
         + ([helper.make_tensor_value_info("class_activation", TensorProto.FLOAT, ["N", side, side, len(CLASS_IDS)])]
-           if with_activation else []),
-        initializer=[numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias")],
+           if with_activation else [])
+        + ([helper.make_tensor_value_info("unfamiliarity", TensorProto.FLOAT, ["N"])] if with_unfamiliarity else []),
+        initializer=[numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias")]
+        + ([numpy_helper.from_array(np.full(3, 127.5, np.float32), "grey"),
+            numpy_helper.from_array(np.array(1e-4, np.float32), "per_hundred")] if with_unfamiliarity else []),
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="dscnet-tests")
     model.ir_version = 9  # what onnxruntime >= 1.16 reads
