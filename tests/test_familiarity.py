@@ -141,3 +141,26 @@ def test_the_exported_output_is_the_distance_and_runs_the_network_once(tmp_path:
     assert [o.name for o in session.get_outputs()] == ["probabilities", "class_activation", "unfamiliarity"]
     (distance,) = session.run(["unfamiliarity"], {"image": images.astype("float32")})
     np.testing.assert_allclose(distance, statistics.distance(features), rtol=1e-3)
+    from training.quantize import filter_nodes
+
+    kept_float = filter_nodes(familiar)  # int8 quantisation leaves the distance's MatMul float
+    assert any("unfamiliarity" in name and "MatMul" in name for name in kept_float)
+
+
+def test_the_int8_card_gets_its_own_threshold_at_the_same_quantile(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime.quantization")
+    import onnxruntime as ort
+
+    from training.quantize import int8_card, quantize, refit_familiarity
+
+    model = familiar_model(tmp_path, threshold=2.5)
+    rng = np.random.default_rng(0)
+    colours = np.broadcast_to(rng.integers(0, 256, (40, 1, 1, 3), dtype=np.uint8), (40, 224, 224, 3)).copy()
+    int8_path = tmp_path / "dscnet-int8.onnx"
+    quantize(model, int8_path, colours[:32])
+    card = int8_card(model, int8_path, {"accuracy_int8": 1.0, "test_images": 4})
+    refit_familiarity(card, int8_path, colours)
+    (distance,) = ort.InferenceSession(str(int8_path)).run(["unfamiliarity"], {"image": colours.astype("float32")})
+    block = card["familiarity"]
+    assert block["threshold"] == pytest.approx(float(np.quantile(distance, 0.99)))
+    assert block["float32_threshold"] == 2.5 and block["validation_quantile"] == 0.99

@@ -12,7 +12,7 @@ from app.labels import CLASS_IDS, CLASS_NAMES
 from training.data import split_seed
 
 MODEL_NAME = "dscnet"
-MODEL_VERSION = "2.4.0"
+MODEL_VERSION = "2.4.1"
 # what a run trained before the hardware was recorded ran on: this project's 2-core CPU
 UNRECORDED_HARDWARE = "CPU (2 cores)"
 
@@ -215,6 +215,18 @@ def _augmentation_line(training: dict) -> list[str]:
     return [f"- Augmentation: {shown['in_every_recipe']}; {settings}."]
 
 
+def _familiarity_line(card: dict) -> list[str]:
+    block = card.get("familiarity")
+    if not block:
+        return []
+    test = block.get("test")
+    measured = (f" On the test split it flags {test['flagged']:.1%} of the images; with it, the service accepts "
+                f"{test['accepted']:.1%} of them, {test['accepted_accuracy']:.2%} of those right "
+                f"({test['accepted_wrong']} wrong)." if test else "")
+    return [f"- Output `{block['output']}`: {block['method']}. An image above {block['threshold']:.0f} (the "
+            f"validation split's {block['validation_quantile']:g} quantile) is referred to a person.{measured}"]
+
+
 def render_readme(card: dict) -> str:
     """models/README.md: the card for people."""
     metrics = card.get("metrics", {})
@@ -230,6 +242,7 @@ def render_readme(card: dict) -> str:
         f"- Preprocessing version {card['preprocessing']['version']} (`{card['preprocessing']['function']}`): "
         f"{card['preprocessing']['description']}",
         f"- Image filter: {card['image_filter']}",
+        *_familiarity_line(card),
         f"- {card['architecture']['parameters']:,} parameters; {_training_line(card['training'])}",
         *_augmentation_line(card["training"]),
         f"- Data: {card['training']['data']['name']}. {card['training']['data']['citation']}.",

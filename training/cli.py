@@ -214,7 +214,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         summary_metrics,
         write_card,
     )
-    from training.evaluate import evaluate_run, load_run
+    from training.evaluate import evaluate_run, familiarity_on_test, load_run
     from training.markdown import render
     from training.report import write_figures, write_metrics
 
@@ -235,6 +235,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         card["metrics"] = {split: summary_metrics(result) for split, result in results.items()}
         card["calibration"] = calibration_for_card(results["blocks"]["calibration"])
         card["limitations"] = LIMITATIONS  # what this evaluation found belongs in the card
+        if "familiarity" in card:  # the service's whole referral rule on the test split
+            card["familiarity"]["test"] = familiarity_on_test(run, args.model, card)
         write_card(card, card_path)
         (args.model.parent / "README.md").write_text(render_readme(card), encoding="utf-8")
     else:

@@ -169,3 +169,23 @@ def calibrate(run: RunData, model: Predict, y_test: np.ndarray, test_probabiliti
         "ece_val_before": expected_calibration_error(y_val, val_probabilities),
         "ece_val_after": expected_calibration_error(y_val, val_calibrated),
     }
+
+
+def familiarity_on_test(run: RunData, model_path: Path, card: dict) -> dict:
+    """The unfamiliarity on the test split, and the service's whole referral rule there
+    (confidence, quality warnings, unfamiliarity: `training.referral`), with `card` as written."""
+    from app.model_card import ModelCard
+    from training.quantize import session
+    from training.referral import service_answers
+
+    x_test, y_test, _ = run.dataset.subset("test")
+    checked = ModelCard.model_validate(card)
+    probabilities, unfamiliarity, accepted = service_answers(session(model_path), x_test, checked)
+    right = probabilities.argmax(axis=1) == y_test
+    return {
+        "flagged": round(float(np.mean(unfamiliarity > checked.familiarity.threshold)), 4),
+        "accepted": round(float(accepted.mean()), 4),
+        "accepted_accuracy": round(float(right[accepted].mean()), 4) if accepted.any() else None,
+        "accepted_wrong": int(np.sum(accepted & ~right)),
+        "images": int(len(y_test)),
+    }

@@ -8,9 +8,10 @@ resizes a large photograph: `shifts.wider_field`), or `factor` times larger (a c
 1/`factor` of the side, enlarged: larger cells with the detail of the smaller crop, so the
 quality checks see blur that a real narrower field at full resolution would not have).
 The table gives the accuracy, how many answers the service would accept (calibrated
-confidence at or above the card's referral threshold and no quality warning, as
-`app.calibration.refer` decides), and how many of those are wrong: the figure that matters to
-a lab, a confident wrong answer no one is asked to check. Prints figures; nothing is written.
+confidence at or above the card's referral threshold, no quality warning and, for a model with
+that output, unfamiliarity within the card's threshold, as `app.calibration.refer` decides), and
+how many of those are wrong: the figure that matters to a lab, a confident wrong answer no one is
+asked to check; and how many images the unfamiliarity alone flags. Prints figures; nothing is written.
 
     python -m training.magnification --model models/dscnet.onnx --manifest models/split.csv --split val
 """
@@ -22,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from app.calibration import Calibration, apply_temperature, refer
 from app.model_card import load_model_card
-from app.quality import assess_quality
 from training.cli import default_data_dir
-from training.quantize import predict, read_split, session, split_rows
+from training.quantize import read_split, session, split_rows
+from training.referral import service_answers
 from training.shifts import narrower_field, wider_field
 
 
@@ -41,23 +41,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--narrower", type=float, nargs="*", default=[1.25, 1.5, 2.0], help="factors (none: skip)")
     args = parser.parse_args(argv)
     card, _ = load_model_card(args.card or args.model.with_suffix(".json"))
-    calibration = Calibration.from_card(card.calibration)
     images, labels = read_split(args.manifest, args.data_dir, args.split)
     groups = [row["group"] for row in split_rows(args.manifest, args.split)]
     sess = session(args.model)
     print(f"{len(images)} {args.split} images of {args.manifest}; model {args.model}")
-    print("| field | cells appear | accuracy | accepted (confident, no warning) | accepted and wrong |")
-    print("|---|---:|---:|---:|---:|")
+    print("| field | cells appear | accuracy | accepted (confident, no warning, familiar) | accepted and wrong "
+          "| flagged unfamiliar |")
+    print("|---|---:|---:|---:|---:|---:|")
     rows = [("as the dataset's", 1.0, images)]
     rows += [(f"{factor:g}x wider", 1 / factor, wider_field(images, groups, factor)) for factor in args.wider]
     rows += [(f"{factor:g}x narrower", factor, narrower_field(images, factor)) for factor in args.narrower]
     for name, scale, shifted in rows:
-        probabilities = apply_temperature(predict(sess, shifted), calibration.temperature)
+        probabilities, unfamiliarity, accepted = service_answers(sess, shifted, card)
         right = probabilities.argmax(axis=1) == labels
-        accepted = np.array([not refer(float(confidence), calibration, [w.code for w in assess_quality(image)])
-                             .refer_to_human for confidence, image in zip(probabilities.max(axis=1), shifted)])
+        flagged = (f"{np.sum(unfamiliarity > card.familiarity.threshold)}" if card.familiarity is not None
+                   else "(no such output)")
         print(f"| {name} | {scale:.2f}x | {100 * right.mean():.2f}% | {accepted.sum()} of {len(images)} "
-              f"| {np.sum(accepted & ~right)} |", flush=True)
+              f"| {np.sum(accepted & ~right)} | {flagged} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -103,10 +103,30 @@ def images_per_s(sess: ort.InferenceSession, images: np.ndarray, batch: int, sec
     return runs * batch / (time.perf_counter() - start)
 
 
+FLOAT_LAYERS = ("smear_filter", "unfamiliarity")
+
+
 def filter_nodes(model: Path) -> list[str]:
-    """The smear filter's nodes: they stay float. Its l-alpha-beta colour matrices are MatMuls, and
-    int8 steps on their input would drown the beta channel, whose spread is a few thousandths."""
-    return [node.name for node in onnx.load(str(model)).graph.node if "smear_filter" in node.name]
+    """The nodes that stay float: the smear filter's (its l-alpha-beta colour matrices are MatMuls,
+    and int8 steps on their input would drown the beta channel, whose spread is a few thousandths)
+    and the unfamiliarity's (a squared distance through a precision matrix, whose terms cancel)."""
+    return [node.name for node in onnx.load(str(model)).graph.node if any(n in node.name for n in FLOAT_LAYERS)]
+
+
+def refit_familiarity(card: dict, int8_model: Path, validation: np.ndarray) -> None:
+    """Set the int8 card's unfamiliarity threshold from the int8 model's own validation distances
+    (its features differ a little from the float model's), at the same quantile; in place."""
+    block = card.get("familiarity")
+    if not block:
+        return
+    sess = session(int8_model)
+    name = sess.get_inputs()[0].name
+    distances = np.concatenate([np.reshape(sess.run([block["output"]], {name: validation[i:i + 32].astype(np.float32)})[0], -1)
+                                for i in range(0, len(validation), 32)])
+    card["familiarity"] = {**{k: v for k, v in block.items() if k != "test"},
+                           "threshold": float(np.quantile(distances, block["validation_quantile"])),
+                           "validation_median": float(np.median(distances)),
+                           "float32_threshold": block["threshold"]}
 
 
 def quantize(model: Path, output: Path, calibration: np.ndarray) -> None:
@@ -167,13 +187,15 @@ def main() -> None:
             "max_probability_difference": round(float(np.abs(float_probs - int8_probs).max()), 4),
             "images_per_s": {k: {m: round(v, 1) for m, v in d.items()} for k, d in speed.items()},
             "calibration_images": len(calibration),
-            "method": "static QDQ; Conv/MatMul/Gemm outside the smear filter; per-channel int8 weights; uint8 activations; MinMax",
+            "method": "static QDQ; Conv/MatMul/Gemm outside the smear filter and the unfamiliarity; per-channel int8 weights; uint8 activations; MinMax",
             "shipped": shipped,
             "file": output.name if shipped else None,
         }
         if shipped:
             candidate.replace(output)
-            write_card(int8_card(args.model, output, report), output.with_suffix(".json"))
+            card = int8_card(args.model, output, report)
+            refit_familiarity(card, output, read_split(args.manifest, args.data_dir, "val")[0])
+            write_card(card, output.with_suffix(".json"))
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     log.info("%s", json.dumps(report, indent=2))

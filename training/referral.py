@@ -1,0 +1,39 @@
+"""What the service would accept without a person, for images run offline: the same rule as serving.
+
+`app.calibration.refer` decides from the calibrated confidence, the quality warnings
+(`app.quality.assess_quality`) and, when the model has that output, the unfamiliarity
+(`training.familiarity`); the offline tools (`dscnet evaluate`, `python -m
+training.magnification`) call it the same way, so their "accepted" figures are the service's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from app.calibration import Calibration, apply_temperature, refer
+from app.model_card import ModelCard
+from app.quality import assess_quality
+
+BATCH = 32
+
+
+def service_answers(session: ort.InferenceSession, images: np.ndarray,
+                    card: ModelCard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Calibrated probabilities (N, 4), unfamiliarity (N; NaN without that output) and whether the
+    service would accept each answer (N, bool) for uint8 NHWC `images`."""
+    name = session.get_inputs()[0].name
+    familiar = card.familiarity is not None
+    outputs = ["probabilities", card.familiarity.output] if familiar else ["probabilities"]
+    parts = [session.run(outputs, {name: images[i:i + BATCH].astype(np.float32)}) for i in range(0, len(images), BATCH)]
+    probabilities = np.concatenate([part[0] for part in parts])
+    unfamiliarity = (np.concatenate([np.reshape(part[1], -1) for part in parts]) if familiar
+                     else np.full(len(images), np.nan))
+    calibration = Calibration.from_card(card.calibration, card.familiarity)
+    calibrated = apply_temperature(probabilities, calibration.temperature)
+    accepted = np.array([
+        not refer(float(row.max()), calibration, [w.code for w in assess_quality(image)],
+                  float(distance) if familiar else None).refer_to_human
+        for row, distance, image in zip(calibrated, unfamiliarity, images, strict=True)
+    ])
+    return calibrated, unfamiliarity, accepted
