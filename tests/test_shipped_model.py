@@ -56,3 +56,24 @@ def test_the_int8_option_is_made_from_the_shipped_float_model_and_within_its_lim
     assert card["sha256"] == sha256_file(MODELS / "dscnet-int8.onnx")
     assert card["version"] == float_card["version"]
     assert quantization["drop_points"] <= quantization["max_drop_points"] == 0.5
+
+
+@pytest.mark.parametrize("name", ["dscnet", "dscnet-int8"])
+def test_shipped_models_find_real_smears_familiar_and_grey_or_cut_out_ones_not(data_dir: Path, name: str):
+    """The unfamiliarity referral: a dataset image is rarely above the threshold (1 in 100 of the
+    validation images is, by construction), a grey copy of it always is, and so is a field three
+    times as wide (a 3x3 mosaic of one session's images, as training.magnification makes it)."""
+    from training.shifts import wider_field
+
+    classifier = load_classifier(MODELS / f"{name}.onnx", MODELS / f"{name}.json", threads=1)
+    assert classifier.unfamiliarity_output == "unfamiliarity"
+    threshold = classifier.card.familiarity.threshold
+    with (MODELS / "split.csv").open(encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["split"] == "test"][::12]  # 41 across the sessions
+    images = np.stack([decode_image((data_dir / row["file"]).read_bytes()) for row in rows])
+    grey = np.repeat(np.round(images @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[..., None], 3, axis=-1)
+    wide = wider_field(images, [row["group"] for row in rows], 3.0)
+    as_is, greyed, wider = (classifier.score_batch(batch)[:, len(CLASS_IDS)] for batch in (images, grey, wide))
+    assert np.sum(as_is > threshold) <= 2, f"{np.sum(as_is > threshold)} of {len(rows)} real smears flagged"
+    assert np.all(greyed > threshold)
+    assert np.mean(wider > threshold) >= 0.75, f"only {np.mean(wider > threshold):.0%} of 3x wider fields flagged"

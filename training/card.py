@@ -44,10 +44,17 @@ LIMITATIONS = [
     "size this dataset shows them (red cells about 16-24 pixels across in the 224-pixel image) and, from "
     "2.3.0 on, also in fields up to twice as wide, where cells are smaller: on the test split 94.0%, 95.5% "
     "and 86.4% right in fields 1.25, 1.5 and 2 times as wide, with 24 confident wrong answers of 484 at 2x "
-    "(2.2.0: 80%, 55% and 21%, nearly all wrong answers 'benign' and confident) (`python -m "
-    "training.magnification`). Fields more than twice as wide are unmeasured. A narrower field is enlarged "
-    "and blurred: in a field half as wide 77.9% are right and the out-of-focus warning refers nearly every "
-    "such image. Measure on your own images first (`dscnet validate`).",
+    "before 2.4.1's unfamiliarity referral, 21 with it (2.2.0: 80%, 55% and 21%, nearly all wrong answers 'benign' and confident) (`python -m "
+    "training.magnification`). In fields 2.5 and 3 times as wide it is right on 66% and 55%, with confident "
+    "answers; from 2.4.1 the unfamiliarity output refers most such images (396 and 463 of 484), leaving 7 "
+    "and 2 accepted wrong answers (134 and 180 without it). A narrower field is "
+    "enlarged and blurred: in a field half as wide 77.9% are right and the out-of-focus warning refers nearly "
+    "every such image. Measure on your own images first (`dscnet validate`).",
+    "The unfamiliarity referral flags images whose features lie far from the training images' (beyond the "
+    "distance that 1 in 100 validation images exceeds): 1.2% of the test images, every grey and pre-segmented "
+    "one, most fields 2.5x as wide or wider. It is measured only on this dataset and on shifts made from it; "
+    "what it flags in another lab's images is unmeasured, and an image close to the training images can still "
+    "be read wrongly.",
     "The image filter standardises colour in l-alpha-beta, so a grey (monochrome) image loses what its "
     "colour channels carried: on grey versions of the test images the model is right on 86%, 9 points "
     "below colour. Send colour photographs. A change of the whole slide's colour statistics towards the "
