@@ -227,9 +227,12 @@ def _familiarity_line(card: dict) -> list[str]:
     if not block:
         return []
     test = block.get("test")
-    measured = (f" On the test split it flags {test['flagged']:.1%} of the images; with it, the service accepts "
-                f"{test['accepted']:.1%} of them, {test['accepted_accuracy']:.2%} of those right "
-                f"({test['accepted_wrong']} wrong)." if test else "")
+    measured = ""
+    if test:
+        right = (f", {test['accepted_accuracy']:.2%} of those right ({test['accepted_wrong']} wrong)"
+                 if test["accepted_accuracy"] is not None else "")
+        measured = (f" On the test split it flags {test['flagged']:.1%} of the images; with it, the service "
+                    f"accepts {test['accepted']:.1%} of them{right}.")
     return [f"- Output `{block['output']}`: {block['method']}. An image above {block['threshold']:.0f} (the "
             f"validation split's {block['validation_quantile']:g} quantile) is referred to a person.{measured}"]
 
