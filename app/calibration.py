@@ -9,8 +9,8 @@ them to the card's `calibration` block. Serving applies
 
 The unfamiliarity (a model output, `training.familiarity`) measures how far the image's features
 lie from the training images'; its threshold flags 1 in 100 validation images. It catches what a
-confident softmax does not: images of another field of view, stain or kind, which the model
-reads with high confidence and often wrongly.
+confident softmax does not: fields of view far wider than the dataset's, grey or cut-out images,
+which the model reads with high confidence and often wrongly (not stain changes: docs/LAB.md).
 
 Temperature scaling never changes which class is the most probable, only how confident the
 answer says it is. A card without a `calibration` block (an older model, a test model) is
