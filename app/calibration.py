@@ -90,10 +90,16 @@ def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarr
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+#: why a case is referred, one word each (the `dscnet_referrals_total` metric's `cause`)
+REFER_CAUSES = ("no_threshold", "low_confidence", "unfamiliar", "quality_warning")
+
+
 @dataclass(frozen=True)
 class Referral:
     refer_to_human: bool
     reason: str | None
+    #: the causes among REFER_CAUSES, in that order; empty when the case is not referred
+    causes: tuple[str, ...] = ()
 
 
 def refer(confidence: float, calibration: Calibration, warning_codes: Sequence[str] = (),
@@ -108,22 +114,24 @@ def refer(confidence: float, calibration: Calibration, warning_codes: Sequence[s
         unfamiliarity: the model's unfamiliarity output for the image, if it has one; above the
             calibration's unfamiliarity threshold the case is referred.
     """
-    reasons = []
+    reasons: dict[str, str] = {}
     threshold = calibration.refer_threshold
     if threshold is None:
-        reasons.append(NO_THRESHOLD_REASON)
+        reasons["no_threshold"] = NO_THRESHOLD_REASON
     elif threshold > 1.0:
-        reasons.append("validation found no confidence threshold reaching the target accuracy; every case is referred")
+        reasons["no_threshold"] = ("validation found no confidence threshold reaching the target accuracy; "
+                                   "every case is referred")
     elif confidence < threshold:
         target = calibration.target_accepted_accuracy
         validated = f", validated for {target:.1%} accuracy on accepted cases" if target else ""
-        reasons.append(f"calibrated confidence {confidence:.3f} is below the referral threshold {threshold:.3f}{validated}")
+        reasons["low_confidence"] = (f"calibrated confidence {confidence:.3f} is below the referral threshold "
+                                     f"{threshold:.3f}{validated}")
     limit = calibration.unfamiliarity_threshold
     if unfamiliarity is not None and limit is not None and not unfamiliarity <= limit:  # NaN refers too
         share = calibration.unfamiliarity_quantile
         validated = f", which {1 - share:.0%} of validation images exceed" if share else ""
-        reasons.append(f"the image is unlike those the model was trained and validated on (unfamiliarity "
-                       f"{unfamiliarity:.0f} above the threshold {limit:.0f}{validated})")
+        reasons["unfamiliar"] = (f"the image is unlike those the model was trained and validated on "
+                                 f"(unfamiliarity {unfamiliarity:.0f} above the threshold {limit:.0f}{validated})")
     if warning_codes:
-        reasons.append("image quality warnings: " + ", ".join(warning_codes))
-    return Referral(bool(reasons), "; ".join(reasons) or None)
+        reasons["quality_warning"] = "image quality warnings: " + ", ".join(warning_codes)
+    return Referral(bool(reasons), "; ".join(reasons.values()) or None, tuple(reasons))

@@ -47,6 +47,14 @@ class Metrics:
         self.predictions = Counter(
             "dscnet_predictions", "Images classified, by predicted class.", ["label"], registry=r
         )
+        self.referrals = Counter(
+            "dscnet_referrals", "Classified images referred to a person, by cause (an image may have several): "
+            "low_confidence, unfamiliar, quality_warning, no_threshold. A rising unfamiliar share means the "
+            "images sent differ from those the model was validated on.", ["cause"], registry=r,
+        )
+        self.quality_warnings = Counter(
+            "dscnet_quality_warnings", "Input-quality warnings raised, by code.", ["code"], registry=r
+        )
         self.rejected = Counter(
             "dscnet_images_rejected", "Images refused, by reason code.", ["reason"], registry=r
         )

@@ -47,6 +47,8 @@ class ImageOutcome:
     uncalibrated: dict[str, float] | None = None
     refer_to_human: bool | None = None
     refer_reason: str | None = None
+    #: the referral's causes (app.calibration.REFER_CAUSES), for the metrics; empty when accepted
+    refer_causes: tuple[str, ...] = ()
     warnings: list[QualityWarning] = field(default_factory=list)
     #: how unlike the training images the model finds it (training.familiarity); None without that output
     unfamiliarity: float | None = None
@@ -136,6 +138,7 @@ def _classify(
         referral = refer(float(row[top]), calibration, [warning.code for warning in item.warnings],
                          item.unfamiliarity)
         item.refer_to_human, item.refer_reason = referral.refer_to_human, referral.reason
+        item.refer_causes = referral.causes
         if explain:
             item.explanation = explain_image(pixels[index], activation[index], top, item.label)
     return BatchOutcome(items, decode_seconds, inference_seconds, len(pixels))

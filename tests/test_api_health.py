@@ -86,6 +86,10 @@ def test_metrics_cover_requests_stages_batches_classes_rejections_and_model(clie
     assert sample(m, "dscnet_images_rejected_total", reason="unsupported_format") == 1
     assert sample(m, "dscnet_images_rejected_total", reason="too_many_pixels") == 1
     assert sample(m, "dscnet_images_rejected_total", reason="unexpected_field") == 1
+    # both classified images referred (the test card has no threshold), both plain colours: no smear
+    assert sample(m, "dscnet_referrals_total", cause="no_threshold") == 2
+    assert sample(m, "dscnet_referrals_total", cause="quality_warning") == 2
+    assert sample(m, "dscnet_quality_warnings_total", code="not_smear_like") == 2
     sha = json.loads(tiny_model.with_suffix(".json").read_text())["sha256"]
     assert sample(m, "dscnet_model_info", name="dscnet", version="0.0.1-test", sha256=sha) == 1
     assert sample(m, "dscnet_requests_in_flight") == 1  # the scrape itself

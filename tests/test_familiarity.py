@@ -93,13 +93,15 @@ def test_the_api_refers_an_image_above_the_threshold_and_only_then(tmp_path: Pat
             body = client.post("/predict", files={"image": ("smear.png", smear_png(), "image/png")}).json()
             batch = client.post("/predict-batch", files=[("images", ("a.png", smear_png(), "image/png")),
                                                          ("images", ("b.png", smear_png(1), "image/png"))]).json()
+            metrics = client.get("/metrics").text
         assert body["warnings"] == []
         verdicts[threshold] = (body["refer_to_human"], body["refer_reason"] or "",
-                               [r["refer_to_human"] for r in batch["results"]])
-    referred, reason, in_batch = verdicts[1.0]
-    assert referred and UNLIKE in reason and in_batch == [True, True]
-    referred, reason, in_batch = verdicts[2.5]
-    assert not referred and reason == "" and in_batch == [False, False]
+                               [r["refer_to_human"] for r in batch["results"]],
+                               'dscnet_referrals_total{cause="unfamiliar"} 3.0' in metrics, "dscnet_referrals_total{" in metrics)
+    referred, reason, in_batch, counted, any_referral = verdicts[1.0]
+    assert referred and UNLIKE in reason and in_batch == [True, True] and counted  # the drift signal
+    referred, reason, in_batch, counted, any_referral = verdicts[2.5]
+    assert not referred and reason == "" and in_batch == [False, False] and not any_referral
 
 
 # -- the exported output (needs the [train] extra) --------------------------------------------

@@ -170,6 +170,12 @@ def record_outcome(request: Request, state: ServiceState, endpoint: str, outcome
     reasons = Counter(item.error.reason for item in outcome.items if item.error is not None)
     for label, count in labels.items():
         metrics.predictions.labels(label).inc(count)
+    if count_labels:  # the answers that report a prediction, as labels are counted
+        classified = [item for item in outcome.items if item.label is not None]
+        for cause, count in Counter(c for item in classified for c in item.refer_causes).items():
+            metrics.referrals.labels(cause).inc(count)
+        for code, count in Counter(w.code for item in classified for w in item.warnings).items():
+            metrics.quality_warnings.labels(code).inc(count)
     for reason, count in reasons.items():
         metrics.rejected.labels(reason).inc(count)
     request.state.log.update(
