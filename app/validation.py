@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from app.calibration import REFER_CAUSES
 from app.cli import classify_files, load_local_classifier, load_settings
 from app.classifier import ModelLoadError, OnnxClassifier
 from app.imaging import IMAGE_SUFFIXES
@@ -110,6 +111,8 @@ class ValidationReport:
     referred: int = 0
     referred_correct: int = 0
     warnings: Counter = field(default_factory=Counter)
+    #: referral causes (app.calibration.REFER_CAUSES): an image may have several
+    causes: Counter = field(default_factory=Counter)
     errors: list[tuple[str, str, str]] = field(default_factory=list)  # (file, code, detail)
     not_used: list[str] = field(default_factory=list)
 
@@ -145,6 +148,7 @@ class ValidationReport:
                 "accuracy_accepted": (self.correct - self.referred_correct) / accepted if accepted else None,
                 "accuracy_referred": self.referred_correct / self.referred if self.referred else None,
                 "quality_warnings": dict(sorted(self.warnings.items())),
+                "causes": {cause: self.causes[cause] for cause in REFER_CAUSES if self.causes[cause]},
             },
             "errors": [{"file": f, "code": c, "detail": d} for f, c, d in self.errors],
             "not_used": self.not_used,
@@ -172,6 +176,7 @@ def _count(report: ValidationReport, item: LabelledFile, result: ImageOutcome) -
     truth, predicted = CLASS_IDS.index(item.class_id), CLASS_IDS.index(result.label)
     report.confusion[truth, predicted] += 1
     report.warnings.update(w.code for w in result.warnings)
+    report.causes.update(result.refer_causes)
     if result.refer_to_human:
         report.referred += 1
         report.referred_correct += truth == predicted
@@ -195,9 +200,11 @@ def format_report(figures: dict[str, Any]) -> str:
         lines.append(f"{class_id:<17}" + "".join(f"{v:>12}" for v in row))
     referral = figures["referral"]
     warned = ", ".join(f"{code} {count}" for code, count in referral["quality_warnings"].items()) or "none"
+    causes = ", ".join(f"{cause} {count}" for cause, count in referral["causes"].items()) or "none"
     lines += ["", f"referred to a person: {referral['referred']} (coverage {pct(referral['coverage'])}); "
                   f"accuracy of the accepted {pct(referral['accuracy_accepted'])}, "
                   f"of the referred {pct(referral['accuracy_referred'])}",
+              f"referral causes (an image may have several): {causes}",
               f"quality warnings: {warned}"]
     if figures["errors"]:
         lines += ["", f"{len(figures['errors'])} file(s) could not be classified:"]

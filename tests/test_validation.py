@@ -114,3 +114,7 @@ def test_the_shipped_model_reproduces_its_report_on_the_test_split(data_dir: Pat
     assert figures["referral"]["referred"] == whole_rule["images"] - accepted
     assert figures["referral"]["accuracy_accepted"] == pytest.approx(whole_rule["accepted_accuracy"], abs=1e-4)
     assert figures["referral"]["referred"] >= report["calibration"]["test"]["referred"]
+    # the causes say which rule referred them: on the dataset's own images, confidence and unfamiliarity
+    causes = figures["referral"]["causes"]
+    assert causes.get("unfamiliar", 0) == round(whole_rule["flagged"] * whole_rule["images"])
+    assert causes.get("low_confidence", 0) == report["calibration"]["test"]["referred"]
