@@ -95,9 +95,10 @@ def test_the_api_refers_an_image_above_the_threshold_and_only_then(tmp_path: Pat
                                                          ("images", ("b.png", smear_png(1), "image/png"))]).json()
             metrics = client.get("/metrics").text
         assert body["warnings"] == []
+        counted = 'dscnet_referrals_total{cause="unfamiliar"} 3.0' in metrics
         verdicts[threshold] = (body["refer_to_human"], body["refer_reason"] or "",
-                               [r["refer_to_human"] for r in batch["results"]],
-                               'dscnet_referrals_total{cause="unfamiliar"} 3.0' in metrics, "dscnet_referrals_total{" in metrics)
+                               [r["refer_to_human"] for r in batch["results"]], counted,
+                               "dscnet_referrals_total{" in metrics)
     referred, reason, in_batch, counted, any_referral = verdicts[1.0]
     assert referred and UNLIKE in reason and in_batch == [True, True] and counted  # the drift signal
     referred, reason, in_batch, counted, any_referral = verdicts[2.5]
@@ -137,7 +138,8 @@ def test_the_exported_output_is_the_distance_and_runs_the_network_once(tmp_path:
     export_onnx(model, plain, images)
     record = export_onnx(model, familiar, images, familiarity=statistics)
     assert "unfamiliarity@32" in record["max_abs_difference"]  # parity checked on it too
-    convolutions = [sum(node.op_type == "Conv" for node in onnx.load(str(path)).graph.node) for path in (plain, familiar)]
+    convolutions = [sum(node.op_type == "Conv" for node in onnx.load(str(path)).graph.node)
+                    for path in (plain, familiar)]
     assert convolutions[0] == convolutions[1] > 0  # the network runs once, not again for its features
     session = ort.InferenceSession(str(familiar), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["probabilities", "class_activation", "unfamiliarity"]

@@ -37,8 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--manifest", type=Path, default=Path("models/split.csv"))
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--split", default="test")
-    parser.add_argument("--wider", type=float, nargs="*", default=[1.25, 1.5, 2.0], help="factors, 1 or more (none: skip)")
-    parser.add_argument("--narrower", type=float, nargs="*", default=[1.25, 1.5, 2.0], help="factors (none: skip)")
+    parser.add_argument("--wider", type=float, nargs="*", default=[1.25, 1.5, 2.0],
+                        help="factors of 1 or more (given empty: none)")
+    parser.add_argument("--narrower", type=float, nargs="*", default=[1.25, 1.5, 2.0],
+                        help="factors of 1 or more (given empty: none)")
     args = parser.parse_args(argv)
     card, _ = load_model_card(args.card or args.model.with_suffix(".json"))
     images, labels = read_split(args.manifest, args.data_dir, args.split)

@@ -219,7 +219,8 @@ def main() -> None:
             "max_probability_difference": round(float(np.abs(float_probs - int8_probs).max()), 4),
             "images_per_s": {k: {m: round(v, 1) for m, v in d.items()} for k, d in speed.items()},
             "calibration_images": len(calibration),
-            "method": "static QDQ; Conv/MatMul/Gemm outside the smear filter and the unfamiliarity; per-channel int8 weights; uint8 activations; MinMax",
+            "method": "static QDQ; Conv/MatMul/Gemm outside the smear filter and the unfamiliarity; per-channel "
+                      "int8 weights; uint8 activations; MinMax",
             "shipped": shipped,
             "file": output.name if shipped else None,
         }
