@@ -85,11 +85,17 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def predict(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
+def run_outputs(sess: ort.InferenceSession, names: list[str], images: np.ndarray,
+                batch: int = 32) -> list[np.ndarray]:
+    """The session's `names` outputs for uint8 NHWC `images`, run `batch` images at a time and joined."""
     name = sess.get_inputs()[0].name
-    rows = [sess.run(["probabilities"], {name: images[i:i + 32].astype(np.float32)})[0]
-            for i in range(0, len(images), 32)]
-    return np.concatenate(rows)
+    parts = [sess.run(names, {name: images[i:i + batch].astype(np.float32)}) for i in range(0, len(images), batch)]
+    return [np.concatenate([part[k] for part in parts]) for k in range(len(names))]
+
+
+def predict(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
+    (probabilities,) = run_outputs(sess, ["probabilities"], images)
+    return probabilities
 
 
 def images_per_s(sess: ort.InferenceSession, images: np.ndarray, batch: int, seconds: float = 3.0) -> float:
@@ -136,11 +142,9 @@ def refit_familiarity(block: dict | None, int8_model: Path, train: tuple[np.ndar
     probe.CopyFrom(model)
     probe.graph.output.append(onnx.helper.make_tensor_value_info(features_name, onnx.TensorProto.FLOAT, None))
     probe_session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    name = probe_session.get_inputs()[0].name
 
     def features(images: np.ndarray) -> np.ndarray:
-        return np.concatenate([probe_session.run([features_name], {name: images[i:i + 32].astype(np.float32)})[0]
-                               for i in range(0, len(images), 32)])
+        return run_outputs(probe_session, [features_name], images)[0]
 
     images, labels = train
     statistics = FeatureStatistics.fit(features(images), labels, len(CLASS_IDS))

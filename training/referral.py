@@ -14,21 +14,18 @@ import onnxruntime as ort
 from app.calibration import Calibration, apply_temperature, refer
 from app.model_card import ModelCard
 from app.quality import assess_quality
-
-BATCH = 32
+from training.quantize import run_outputs
 
 
 def service_answers(session: ort.InferenceSession, images: np.ndarray,
                     card: ModelCard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Calibrated probabilities (N, 4), unfamiliarity (N; NaN without that output) and whether the
     service would accept each answer (N, bool) for uint8 NHWC `images`."""
-    name = session.get_inputs()[0].name
     familiar = card.familiarity is not None
-    outputs = ["probabilities", card.familiarity.output] if familiar else ["probabilities"]
-    parts = [session.run(outputs, {name: images[i:i + BATCH].astype(np.float32)}) for i in range(0, len(images), BATCH)]
-    probabilities = np.concatenate([part[0] for part in parts])
-    unfamiliarity = (np.concatenate([np.reshape(part[1], -1) for part in parts]) if familiar
-                     else np.full(len(images), np.nan))
+    outputs = run_outputs(session, ["probabilities", card.familiarity.output] if familiar else ["probabilities"],
+                          images)
+    probabilities = outputs[0]
+    unfamiliarity = np.reshape(outputs[1], -1) if familiar else np.full(len(images), np.nan)
     calibration = Calibration.from_card(card.calibration, card.familiarity)
     calibrated = apply_temperature(probabilities, calibration.temperature)
     accepted = np.array([
