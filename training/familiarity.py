@@ -24,6 +24,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from training.model import predict_probabilities
+
 FEATURES_LAYER = "skip_features"
 OUTPUT_NAME = "unfamiliarity"
 VALIDATION_QUANTILE = 0.99
@@ -79,11 +81,9 @@ def feature_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, model.get_layer(FEATURES_LAYER).output)
 
 
-def features_of(model: keras.Model, images: np.ndarray, batch_size: int = 50) -> np.ndarray:
-    extract = feature_model(model)
-    return np.concatenate([keras.ops.convert_to_numpy(extract(images[i:i + batch_size].astype(np.float32),
-                                                              training=False))
-                           for i in range(0, len(images), batch_size)])
+def features_of(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """The trained DSCNet's `skip_features` for uint8 or float NHWC images, in inference mode."""
+    return predict_probabilities(feature_model(model), images)  # any single-output model, in batches
 
 
 def with_unfamiliarity(model: keras.Model, outputs: keras.Model, statistics: FeatureStatistics) -> keras.Model:
