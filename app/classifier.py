@@ -130,8 +130,7 @@ class OnnxClassifier:
         Args:
             images: uint8 array (N, 224, 224, 3), RGB, as `decode_image` returns them stacked.
         """
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
-            raise ValueError(f"expected uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3), got {images.dtype} {images.shape}")
+        _check_images(images)
         (output,) = self._run([self.output_name], images)
         return _check_probabilities(np.asarray(output, dtype=np.float64), len(images))
 
@@ -159,8 +158,7 @@ class OnnxClassifier:
         return rows[:, :len(CLASS_IDS)], activation
 
     def _score(self, images: np.ndarray, activation: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
-            raise ValueError(f"expected uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3), got {images.dtype} {images.shape}")
+        _check_images(images)
         names = [self.output_name]
         if activation:
             names.append(ACTIVATION_OUTPUT)
@@ -217,6 +215,11 @@ def _has_activation_output(session: ort.InferenceSession) -> bool:
         if output.name == ACTIVATION_OUTPUT:
             return output.type == "tensor(float)" and len(output.shape) == 4 and output.shape[3] == len(CLASS_IDS)
     return False
+
+
+def _check_images(images: np.ndarray) -> None:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+        raise ValueError(f"expected uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3), got {images.dtype} {images.shape}")
 
 
 def _check_probabilities(output: np.ndarray, count: int) -> np.ndarray:
