@@ -20,11 +20,14 @@ def smear_png(seed: int = 0) -> bytes:
     return png_bytes(smears.smear(seed))
 
 
-def model_with(folder: Path, calibration: dict[str, Any] | None = None, with_activation: bool = True) -> Path:
-    """A tiny model in `folder`, its card with `calibration` (None: no calibration block)."""
+def model_with(folder: Path, calibration: dict[str, Any] | None = None, with_activation: bool = True,
+               familiarity: dict[str, Any] | None = None, with_unfamiliarity: bool = False) -> Path:
+    """A tiny model in `folder`, its card with `calibration` and `familiarity` (None: no such block)."""
     folder.mkdir(parents=True, exist_ok=True)
-    model = build_tiny_model(folder / "dscnet.onnx", with_activation=with_activation)
-    write_card(model, **({"calibration": calibration} if calibration is not None else {}))
+    model = build_tiny_model(folder / "dscnet.onnx", with_activation=with_activation,
+                             with_unfamiliarity=with_unfamiliarity)
+    blocks = {"calibration": calibration, "familiarity": familiarity}
+    write_card(model, **{key: block for key, block in blocks.items() if block is not None})
     return model
 
 

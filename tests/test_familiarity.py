@@ -18,7 +18,7 @@ from app.calibration import Calibration, CardFamiliarity, refer
 from app.classifier import ModelLoadError, load_classifier
 from app.main import create_app
 from app.settings import Settings
-from helpers_lab import calibration, smear_png
+from helpers_lab import calibration, model_with, smear_png
 from helpers_onnx import FAMILIARITY, build_tiny_model, write_card
 
 UNLIKE = "unlike those the model was trained and validated on"
@@ -27,10 +27,8 @@ UNLIKE = "unlike those the model was trained and validated on"
 def familiar_model(folder: Path, threshold: float, with_output: bool = True) -> Path:
     """The tiny model with an unfamiliarity output (unless `with_output` is False) and a card whose
     familiarity threshold is `threshold`; its confidence threshold is low, so only unfamiliarity refers."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model = build_tiny_model(folder / "dscnet.onnx", with_unfamiliarity=with_output)
-    write_card(model, calibration=calibration(0.3), familiarity={**FAMILIARITY, "threshold": threshold})
-    return model
+    return model_with(folder, calibration(0.3), familiarity={**FAMILIARITY, "threshold": threshold},
+                      with_unfamiliarity=with_output)
 
 
 def test_refer_says_when_the_image_is_unfamiliar() -> None:
