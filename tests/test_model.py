@@ -78,6 +78,31 @@ def test_lab_filter_moves_less_than_density_under_the_audits_reinhard_transfer(d
     assert moves["lab"] < moves["density"] / 2, moves
 
 
+def test_a_small_epsilon_standardises_every_channel_of_a_smear_where_the_default_leaves_its_amplitude(data_dir):
+    """Round v18 (models/selection-notes.md): the beta channel's variance in smears (2e-5 to 1.4e-4) is below
+    the default epsilon, so the default filter passes on each slide's beta amplitude (a colour statistic that
+    differs by class); with epsilon 1e-6 every channel leaves the filter with a standard deviation near 1."""
+    paths = [path for folder in ("Benign", "Early", "Pre", "Pro") for path in sorted((data_dir / folder).glob("*.jpg"))[::60][:4]]
+    images = np.stack([decode_image(path.read_bytes()) for path in paths]).astype("float32")
+    keep = np.ones((224, 224), bool)
+    keep[-CORNER_HEIGHT:, -CORNER_WIDTH:] = False
+    spread = {}
+    for epsilon in (1e-3, 1e-6):
+        out = np.asarray(SmearFilter(colour_space="lab", epsilon=epsilon)(images))
+        spread[epsilon] = out[:, keep].std(axis=1)  # (images, channels)
+    assert spread[1e-6].min() > 0.95 and spread[1e-6].max() < 1.0 + 1e-3, spread[1e-6]
+    assert spread[1e-3][:, 2].max() < 0.6, spread[1e-3][:, 2]  # beta: damped, by how much depends on the slide
+
+
+def test_filter_epsilon_reaches_the_layer_and_survives_a_reload(tmp_path):
+    model = build_dscnet(dataclasses.replace(DSCNetConfig.tiny(), filter_space="lab", filter_epsilon=1e-6))
+    assert model.get_layer("smear_filter").epsilon == 1e-6
+    model.save(tmp_path / "eps.keras")
+    assert load_keras_model(tmp_path / "eps.keras").get_layer("smear_filter").epsilon == 1e-6
+    with pytest.raises(ValueError, match="epsilon"):
+        SmearFilter(epsilon=0.0)
+
+
 def test_filter_refuses_an_unknown_colour_space():
     with pytest.raises(ValueError, match="colour_space"):
         SmearFilter(colour_space="hsv")

@@ -10,6 +10,7 @@ from pathlib import Path
 from app.imaging import IMAGE_SIZE, PREPROCESSING_VERSION
 from app.labels import CLASS_IDS, CLASS_NAMES
 from training.data import split_seed
+from training.recipe import FILTER_EPSILON
 
 MODEL_NAME = "dscnet"
 MODEL_VERSION = "2.4.1"
@@ -91,10 +92,17 @@ IMAGE_FILTERS = {
                "(multiplicative), leaving the pattern of stain.",
     "lab": "Fixed layer SmearFilter: l-alpha-beta (Reinhard et al. 2001: log of LMS cone responses, "
            "decorrelated) per pixel, the lower-right 36x40 pixel corner (scale bar) excluded and zeroed, "
-           "per-image per-channel standardisation (epsilon 1e-3). Removes illumination and, for float images, "
+           "per-image per-channel standardisation. Removes illumination and, for float images, "
            "changes of stain colour that are per-channel affine in l-alpha-beta (a Reinhard colour transfer); "
            "for 8-bit images only in part, as rounding dominates the nearly constant beta channel of smears.",
 }
+
+
+def image_filter_text(model_config: dict) -> str:
+    """The card's words for the model's image filter, with its epsilon (older runs: the default then, 1e-3)."""
+    epsilon = model_config.get("filter_epsilon", FILTER_EPSILON)
+    return (f"{IMAGE_FILTERS[model_config.get('filter_space', 'density')]} Epsilon, the floor under each "
+            f"channel's variance in the standardisation: {epsilon:g}.")
 
 
 def build_card(onnx_path: Path, training: dict, export: dict, versions: dict) -> dict:
@@ -117,7 +125,7 @@ def build_card(onnx_path: Path, training: dict, export: dict, versions: dict) ->
                            "centre crop to square; antialiased bilinear resize to 224x224. Scaling and "
                            "the image filter are inside the ONNX graph.",
         },
-        "image_filter": IMAGE_FILTERS[training["config"]["model"].get("filter_space", "density")],
+        "image_filter": image_filter_text(training["config"]["model"]),
         "opset": export["opset"],
         "export_parity": {key: value for key, value in export.items() if key != "familiarity"},
         # the unfamiliarity output and its referral threshold (training.familiarity), when exported

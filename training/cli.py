@@ -67,6 +67,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.arch != "dscnet" and args.filter_space is not None:
         raise SystemExit(f"--filter-space applies to dscnet only; {args.arch} keeps the optical-density filter")
+    if args.arch != "dscnet" and args.filter_epsilon is not None:
+        raise SystemExit(f"--filter-epsilon applies to dscnet only; {args.arch} keeps the optical-density filter")
     if args.arch != "dscnet" and args.stem_strides is not None:
         raise SystemExit(f"--stem-strides applies to dscnet only; {args.arch} has a stem of its own")
     default_out = REPO_ROOT / "runs" / (args.split if args.arch == "dscnet" else args.arch)
@@ -76,6 +78,7 @@ def run_train(args: argparse.Namespace) -> int:
                          workers=args.workers, time_limit=args.time_limit, blur_share=args.blur_share,
                          blur_sigma_max=args.blur_sigma_max, wide_field_share=args.wide_field_share,
                          model=DSCNetConfig(filter_space=args.filter_space or recipe.FILTER_SPACE,
+                                            filter_epsilon=args.filter_epsilon or recipe.FILTER_EPSILON,
                                             stem_strides=tuple(args.stem_strides or recipe.STEM_STRIDES)))
     try:
         folder = train(config)
@@ -265,6 +268,16 @@ def _share(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a number") from None
+    if not value > 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number above 0")
+    return value
+
+
 def add_commands(commands) -> None:
     """Add train, export and evaluate to the `dscnet` argument parser."""
     train = commands.add_parser("train", help="train DSCNet on a class-folder dataset")
@@ -291,6 +304,9 @@ def add_commands(commands) -> None:
     train.add_argument("--filter-space", choices=recipe.FILTER_SPACES, default=None,
                        help="DSCNet's image filter standardises each image per channel in l-alpha-beta "
                             f"(Reinhard's space) or in optical density (default {recipe.FILTER_SPACE})")
+    train.add_argument("--filter-epsilon", type=_positive_float, default=None, metavar="EPSILON",
+                       help="floor under each channel's variance in DSCNet's image filter; a large one leaves "
+                            f"each image's channel amplitudes in the output (default {recipe.FILTER_EPSILON:g})")
     train.add_argument("--stem-strides", type=int, nargs=2, choices=(1, 2), default=None, metavar="STRIDE",
                        help="strides of DSCNet's two stem convolutions; 1 2 keeps the first at full resolution "
                             f"and max-pools after the second (default {' '.join(map(str, recipe.STEM_STRIDES))})")

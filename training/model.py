@@ -42,7 +42,7 @@ from keras import layers, ops
 
 from app.imaging import IMAGE_SIZE
 from app.labels import CLASS_IDS
-from training.recipe import FILTER_SPACE, FILTER_SPACES, STEM_STRIDES
+from training.recipe import FILTER_EPSILON, FILTER_SPACE, FILTER_SPACES, STEM_STRIDES
 from training.shifts import CORNER_HEIGHT, CORNER_WIDTH, LAB_FROM_LOGLMS, LMS_FROM_RGB
 
 
@@ -51,11 +51,13 @@ class SmearFilter(layers.Layer):
     """Fixed image filter: optical density (or l-alpha-beta), corner mask, per-image channel standardisation."""
 
     def __init__(self, corner_height: int = CORNER_HEIGHT, corner_width: int = CORNER_WIDTH,
-                 epsilon: float = 1e-3, colour_space: str = "density", **kwargs):
+                 epsilon: float = FILTER_EPSILON, colour_space: str = "density", **kwargs):
         kwargs.pop("trainable", None)  # a fixed filter: never trainable, also when reloaded
         super().__init__(trainable=False, **kwargs)
         if colour_space not in FILTER_SPACES:
             raise ValueError(f"colour_space must be one of {FILTER_SPACES}, not {colour_space!r}")
+        if not epsilon > 0:
+            raise ValueError(f"epsilon must be above 0 (a floor under each channel's variance), not {epsilon!r}")
         self.corner_height = corner_height
         self.corner_width = corner_width
         self.epsilon = epsilon
@@ -107,6 +109,7 @@ class DSCNetConfig:
     dropout: float = 0.1
     leaky_slope: float = 0.1
     filter_space: str = FILTER_SPACE  # SmearFilter's colour space (training.recipe.FILTER_SPACES)
+    filter_epsilon: float = FILTER_EPSILON  # SmearFilter's floor under each channel's variance
 
     @classmethod
     def tiny(cls) -> "DSCNetConfig":
@@ -122,7 +125,7 @@ def build_dscnet(config: DSCNetConfig = DSCNetConfig(), num_classes: int = len(C
         raise ValueError("block_layers and growth_rates need one entry per dense block")
     size = config.image_size
     pixels = keras.Input(shape=(size, size, 3), dtype="float32", name="image")
-    x = SmearFilter(colour_space=config.filter_space, name="smear_filter")(pixels)
+    x = SmearFilter(colour_space=config.filter_space, epsilon=config.filter_epsilon, name="smear_filter")(pixels)
     if len(config.stem_strides) != len(config.stem_filters) or any(s not in (1, 2) for s in config.stem_strides):
         raise ValueError(f"stem_strides must give 1 or 2 for each stem convolution, not {config.stem_strides}")
     for i, (filters, stride) in enumerate(zip(config.stem_filters, config.stem_strides, strict=True)):
