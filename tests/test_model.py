@@ -31,7 +31,7 @@ def test_filter_ignores_the_scale_bar_corner(space):
 
 
 def test_filter_standardises_each_channel():
-    out = np.asarray(SmearFilter()(smear_like(3).astype("float32")))  # density (lab: epsilon damps beta)
+    out = np.asarray(SmearFilter()(smear_like(3).astype("float32")))  # density (also lab, at 2.5.0's floor of 1e-6)
     keep = np.ones((224, 224), dtype=bool)
     keep[-CORNER_HEIGHT:, -CORNER_WIDTH:] = False
     values = out[:, keep]  # (N, pixels, 3)

@@ -31,7 +31,7 @@ def test_train_command_defaults_are_the_recipe_that_training_uses(tmp_path):
     assert shown == (recipe.EPOCHS, recipe.BLUR_SHARE, recipe.BLUR_SIGMA_MAX, recipe.WIDE_FIELD_SHARE) == (20, 0.4, 2.0, 0.15)
     assert args.filter_space is None and recipe.FILTER_SPACE == "lab"  # None: the recipe's, for DSCNet only
     assert args.stem_strides is None and recipe.STEM_STRIDES == (2, 2)
-    assert args.filter_epsilon is None and recipe.FILTER_EPSILON == 1e-3
+    assert args.filter_epsilon is None and recipe.FILTER_EPSILON == 1e-6
 
     pytest.importorskip("keras", reason="the [train] extra is not installed")  # CI installs it
     from training import augment
@@ -69,5 +69,5 @@ def test_the_card_states_the_filter_epsilon_a_run_was_trained_with():
 
     assert image_filter_text({"filter_space": "lab", "filter_epsilon": 1e-6}).startswith(IMAGE_FILTERS["lab"])
     assert image_filter_text({"filter_space": "lab", "filter_epsilon": 1e-6}).endswith("standardisation: 1e-06.")
-    # a run from before the option was trained with the default of then, which is still the default
+    # a run from before the option was trained with the floor of then
     assert image_filter_text({"filter_space": "density"}).endswith("standardisation: 0.001.")

@@ -29,6 +29,7 @@ from keras import layers
 from app.imaging import IMAGE_SIZE
 from app.labels import CLASS_IDS
 from training.model import DSCNetConfig, SmearFilter, build_dscnet
+from training.recipe import EARLIER_FILTER_EPSILON
 
 
 def _scaled(filters: int, width: float) -> int:
@@ -44,7 +45,7 @@ def _head(x, dropout: float = 0.0):
 
 def _input():
     pixels = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype="float32", name="image")
-    return pixels, SmearFilter(name="smear_filter")(pixels)
+    return pixels, SmearFilter(epsilon=EARLIER_FILTER_EPSILON, name="smear_filter")(pixels)
 
 
 def build_lenet5(width: float = 1.0) -> keras.Model:

@@ -10,10 +10,10 @@ from pathlib import Path
 from app.imaging import IMAGE_SIZE, PREPROCESSING_VERSION
 from app.labels import CLASS_IDS, CLASS_NAMES
 from training.data import split_seed
-from training.recipe import FILTER_EPSILON
+from training.recipe import EARLIER_FILTER_EPSILON
 
 MODEL_NAME = "dscnet"
-MODEL_VERSION = "2.4.1"
+MODEL_VERSION = "2.5.0"
 # what a run trained before the hardware was recorded ran on: this project's 2-core CPU
 UNRECORDED_HARDWARE = "CPU (2 cores)"
 
@@ -99,8 +99,8 @@ IMAGE_FILTERS = {
 
 
 def image_filter_text(model_config: dict) -> str:
-    """The card's words for the model's image filter, with its epsilon (older runs: the default then, 1e-3)."""
-    epsilon = model_config.get("filter_epsilon", FILTER_EPSILON)
+    """The card's words for the model's image filter, with its epsilon (runs from before the option: 1e-3)."""
+    epsilon = model_config.get("filter_epsilon", EARLIER_FILTER_EPSILON)
     return (f"{IMAGE_FILTERS[model_config.get('filter_space', 'density')]} Epsilon, the floor under each "
             f"channel's variance in the standardisation: {epsilon:g}.")
 

@@ -14,10 +14,12 @@ rest open; our choices, each for this 2-core CPU budget and this dataset:
   `colour_space="lab"` (`dscnet train --filter-space lab`) the same standardisation is done in
   l-alpha-beta, the log-LMS space of Reinhard et al. (2001), instead: a change of stain hue
   that mixes the RGB channels, modelled as a per-channel affine change there (the Reinhard
-  transfer of the audit), then leaves the filter's output unchanged for float images; for
-  8-bit images it moves about 2.5 times less than in optical density, because rounding
-  dominates the nearly constant beta channel of smears (models/selection-notes.md, round v15).
-  The shipped 2.4.0 uses it (`training/recipe.py` FILTER_SPACE).
+  transfer of the audit), then leaves the filter's output unchanged for float images, though not
+  for 8-bit ones, whose rounding weighs on the nearly constant beta channel of smears. The floor
+  under each channel's variance is 1e-6 from 2.5.0 on (`training/recipe.py` FILTER_EPSILON); the
+  earlier 1e-3 was above the beta channel's variance and left each slide's beta and alpha amplitude
+  in the output, a colour statistic that differed by class (models/selection-notes.md, round v18).
+  The shipped 2.4.0 and 2.5.0 use l-alpha-beta (`training/recipe.py` FILTER_SPACE).
 - A strided two-convolution stem (224 -> 56) instead of a 7x7 convolution: measured here,
   a full-resolution stem was a third of all compute. With this stem and these blocks
   (292K parameters) a training step of 20 images takes 0.33 s here; the first layout we

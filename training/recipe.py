@@ -17,12 +17,13 @@ WIDE_FIELD_SHARE = 0.15
 # and before); training.model.SmearFilter
 FILTER_SPACES = ("density", "lab")
 FILTER_SPACE = "lab"
-# the floor under each channel's variance in the filter's standardisation. 1e-3 (2.4.0's) is larger
-# than the beta channel's variance in smears (2e-5 to 1.4e-4) and near the alpha channel's in pro-B
-# slides, so it leaves each image's beta and alpha amplitude in the output (beta 0.14-0.40 across
-# classes), a trace of the slide's colour statistics; 1e-6 standardises them to about 1 (round v18,
-# models/selection-notes.md)
-FILTER_EPSILON = 1e-3
+# the floor under each channel's variance in the filter's standardisation: 1e-6 (2.5.0's, round v18). The
+# floor of every model before it, 1e-3, is above the beta channel's variance in smears (2e-5 to 1.4e-4)
+# and near the alpha channel's in pro-B slides, so it left each image's beta and alpha amplitude in the
+# output (beta 0.14-0.40 across classes), a colour statistic of the slide; 1e-6 standardises every
+# channel to about 1 (models/selection-notes.md). The comparison architectures keep the earlier floor.
+FILTER_EPSILON = 1e-6
+EARLIER_FILTER_EPSILON = 1e-3
 # strides of DSCNet's two stem convolutions: (2, 2), the shipped architecture; (1, 2) keeps the first at
 # full resolution (training.model.DSCNetConfig.stem_strides), tried in round v17 and not shipped
 # (models/selection-notes.md)
