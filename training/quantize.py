@@ -227,7 +227,15 @@ def main() -> None:
                       "int8 weights; uint8 activations; MinMax",
             "shipped": shipped,
             "file": output.name if shipped else None,
+            "source_file": args.model.name,
+            "source_sha256": sha256_file(args.model),
         }
+        if not shipped:
+            # an int8 file left from an earlier float model would serve that model's weights as "the option"
+            for stale in (output, output.with_suffix(".json")):
+                if stale.exists():
+                    log.warning("removing %s: it was made from another float model", stale)
+                    stale.unlink()
         if shipped:
             candidate.replace(output)
             card = int8_card(args.model, output, report)
