@@ -22,13 +22,16 @@ from training.card import sha256_file
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 PER_CLASS = 20
-MIN_CLASS_ACCURACY = 0.7  # chance is 0.25; the shipped model's weakest class (pre-B) reads 81% of the test split
+MIN_CLASS_ACCURACY = 0.7  # chance is 0.25; the shipped model's weakest class (pre-B) reads 89% of the test split
 MIN_ACCURACY = 0.85
 
 
-# the float32 model, and the int8 option (`python -m training.quantize` writes it only when its test
-# accuracy is within 0.5 points of float32's; it is committed beside the float model)
-@pytest.mark.parametrize("name", ["dscnet", "dscnet-int8"])
+# the float32 model, and the int8 option when one is shipped (`python -m training.quantize` writes it only
+# when its test accuracy is within 0.5 points of float32's; 2.5.0's was not: models/reports/quantization.json)
+SHIPPED = ["dscnet", *(["dscnet-int8"] if (MODELS / "dscnet-int8.onnx").exists() else [])]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_classifies_held_out_real_images(data_dir: Path, name: str):
     classifier = load_classifier(MODELS / f"{name}.onnx", MODELS / f"{name}.json", threads=1)
     with (MODELS / "split.csv").open(encoding="utf-8") as handle:
@@ -47,18 +50,23 @@ def test_shipped_model_classifies_held_out_real_images(data_dir: Path, name: str
     assert right >= MIN_ACCURACY * PER_CLASS * len(CLASS_IDS), "; ".join(findings)
 
 
-def test_the_int8_option_is_made_from_the_shipped_float_model_and_within_its_limit():
-    """A new float model without a new int8 file would leave the option serving the old weights."""
-    card = json.loads((MODELS / "dscnet-int8.json").read_text(encoding="utf-8"))
+def test_an_int8_option_ships_exactly_when_the_quantisation_report_of_the_shipped_model_allows_it():
+    """A new float model without a new int8 file would leave the option serving the old weights; an int8
+    file that failed its accuracy limit must not sit beside the model as if it were an option."""
+    report = json.loads((MODELS / "reports" / "quantization.json").read_text(encoding="utf-8"))
     float_card = json.loads((MODELS / "dscnet.json").read_text(encoding="utf-8"))
-    quantization = card["quantization"]
-    assert quantization["source_sha256"] == float_card["sha256"] == sha256_file(MODELS / "dscnet.onnx")
-    assert card["sha256"] == sha256_file(MODELS / "dscnet-int8.onnx")
-    assert card["version"] == float_card["version"]
-    assert quantization["drop_points"] <= quantization["max_drop_points"] == 0.5
+    assert report["source_sha256"] == float_card["sha256"] == sha256_file(MODELS / "dscnet.onnx")
+    assert report["max_drop_points"] == 0.5
+    assert report["shipped"] == (report["drop_points"] <= report["max_drop_points"])
+    assert (MODELS / "dscnet-int8.onnx").exists() == (MODELS / "dscnet-int8.json").exists() == report["shipped"]
+    if report["shipped"]:
+        card = json.loads((MODELS / "dscnet-int8.json").read_text(encoding="utf-8"))
+        assert card["quantization"]["source_sha256"] == float_card["sha256"]
+        assert card["sha256"] == sha256_file(MODELS / "dscnet-int8.onnx")
+        assert card["version"] == float_card["version"]
 
 
-@pytest.mark.parametrize("name", ["dscnet", "dscnet-int8"])
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_models_find_real_smears_familiar_and_grey_or_cut_out_ones_not(data_dir: Path, name: str):
     """The unfamiliarity referral: a dataset image is rarely above the threshold (1 in 100 of the
     validation images is, by construction), a grey copy of it always is, and so is a field three
