@@ -202,9 +202,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         candidate = Path(scratch) / output.name
         quantize(args.model, candidate, calibration)
-        familiarity = refit_familiarity(read_card(args.model.with_suffix(".json")).get("familiarity"), candidate,
-                                        read_split(args.manifest, args.data_dir, "train"),
-                                        read_split(args.manifest, args.data_dir, "val")[0])
         float_sess, int8_sess = session(args.model), session(candidate)
         float_probs, int8_probs = predict(float_sess, test_images), predict(int8_sess, test_images)
         acc_float = float(np.mean(float_probs.argmax(1) == test_labels))
@@ -230,18 +227,23 @@ def main() -> None:
             "source_file": args.model.name,
             "source_sha256": sha256_file(args.model),
         }
-        if not shipped:
-            # an int8 file left from an earlier float model would serve that model's weights as "the option"
-            for stale in (output, output.with_suffix(".json")):
-                if stale.exists():
-                    log.warning("removing %s: it was made from another float model", stale)
-                    stale.unlink()
         if shipped:
+            # the unfamiliarity's statistics are refitted only for a file that ships (they leave the
+            # probabilities, and so the accuracy above, unchanged)
+            familiarity = refit_familiarity(read_card(args.model.with_suffix(".json")).get("familiarity"),
+                                            candidate, read_split(args.manifest, args.data_dir, "train"),
+                                            read_split(args.manifest, args.data_dir, "val")[0])
             candidate.replace(output)
             card = int8_card(args.model, output, report)
             if familiarity is not None:
                 card["familiarity"] = familiarity
             write_card(card, output.with_suffix(".json"))
+        else:
+            # an int8 file left from an earlier float model would serve that model's weights as "the option"
+            for stale in (output, output.with_suffix(".json")):
+                if stale.exists():
+                    log.warning("removing %s: it was made from another float model", stale)
+                    stale.unlink()
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     log.info("%s", json.dumps(report, indent=2))
