@@ -65,12 +65,12 @@ def run_train(args: argparse.Namespace) -> int:
     from training.model import DSCNetConfig
     from training.train import TrainConfig, train
 
-    if args.arch != "dscnet" and args.filter_space is not None:
-        raise SystemExit(f"--filter-space applies to dscnet only; {args.arch} keeps the optical-density filter")
-    if args.arch != "dscnet" and args.filter_epsilon is not None:
-        raise SystemExit(f"--filter-epsilon applies to dscnet only; {args.arch} keeps the optical-density filter")
-    if args.arch != "dscnet" and args.stem_strides is not None:
-        raise SystemExit(f"--stem-strides applies to dscnet only; {args.arch} has a stem of its own")
+    dscnet_only = (("--filter-space", args.filter_space, "keeps the optical-density filter"),
+                   ("--filter-epsilon", args.filter_epsilon, "keeps the optical-density filter"),
+                   ("--stem-strides", args.stem_strides, "has a stem of its own"))
+    for option, value, because in dscnet_only:
+        if args.arch != "dscnet" and value is not None:
+            raise SystemExit(f"{option} applies to dscnet only; {args.arch} {because}")
     default_out = REPO_ROOT / "runs" / (args.split if args.arch == "dscnet" else args.arch)
     config = TrainConfig(data_dir=args.data_dir, out_dir=args.out or default_out, split=args.split,
                          epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, split_seed=args.split_seed,
