@@ -61,14 +61,16 @@ def test_lab_filter_is_unchanged_by_a_per_channel_affine_change_in_lab():
     assert moved.mean() > 0.02  # optical density is not (ten times the tolerance above): the change mixes its channels
 
 
+def smear_photos(data_dir, folder: str, step: int, count: int = 12) -> np.ndarray:
+    """Every `step`-th dataset photograph of a class folder, `count` of them, decoded as served."""
+    paths = sorted((data_dir / folder).glob("*.jpg"))[::step][:count]
+    return np.stack([decode_image(path.read_bytes()) for path in paths])
+
+
 def test_lab_filter_moves_less_than_density_under_the_audits_reinhard_transfer(data_dir):
     """On smear photographs and the audit's rounded uint8 transfer (synthetic discs are no guide: their beta
     channel is noise): models/selection-notes.md, round v15, measured 2.5 times less on 12 images."""
-    def photos(folder: str, step: int) -> np.ndarray:
-        paths = sorted((data_dir / folder).glob("*.jpg"))[::step][:12]
-        return np.stack([decode_image(path.read_bytes()) for path in paths])
-
-    images, early_slides = photos("Benign", 40), photos("Early", 20)
+    images, early_slides = smear_photos(data_dir, "Benign", 40), smear_photos(data_dir, "Early", 20)
     transferred = reinhard_transfer(images, *colour_statistics(early_slides))
     moves = {}
     for space in ("density", "lab"):
@@ -82,9 +84,8 @@ def test_a_small_epsilon_standardises_every_channel_of_a_smear_where_the_earlier
     """Round v18 (models/selection-notes.md): the beta channel's variance in smears (2e-5 to 1.4e-4) is below
     the earlier epsilon (1e-3), so that filter passed on each slide's beta amplitude (a colour statistic that
     differs by class); with 2.5.0's 1e-6 every channel leaves the filter with a standard deviation near 1."""
-    paths = [path for folder in ("Benign", "Early", "Pre", "Pro")
-             for path in sorted((data_dir / folder).glob("*.jpg"))[::60][:4]]
-    images = np.stack([decode_image(path.read_bytes()) for path in paths]).astype("float32")
+    images = np.concatenate([smear_photos(data_dir, folder, 60, count=4)
+                             for folder in ("Benign", "Early", "Pre", "Pro")]).astype("float32")
     keep = np.ones((224, 224), bool)
     keep[-CORNER_HEIGHT:, -CORNER_WIDTH:] = False
     spread = {}
