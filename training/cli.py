@@ -77,6 +77,7 @@ def run_train(args: argparse.Namespace) -> int:
                          arch=args.arch, stain_transfer=args.stain_transfer, manifest=args.manifest,
                          workers=args.workers, time_limit=args.time_limit, blur_share=args.blur_share,
                          blur_sigma_max=args.blur_sigma_max, wide_field_share=args.wide_field_share,
+                         context_swap=args.context_swap,
                          model=DSCNetConfig(filter_space=args.filter_space or recipe.FILTER_SPACE,
                                             filter_epsilon=args.filter_epsilon or recipe.FILTER_EPSILON,
                                             stem_strides=tuple(args.stem_strides or recipe.STEM_STRIDES)))
@@ -167,7 +168,8 @@ def run_audit_validation(args: argparse.Namespace) -> int:
 
 def _rounded_audit(found: dict) -> dict:
     return {"clean_accuracy": round(found["clean_accuracy"], 4), "worst_shift": found["worst_shift"],
-            "worst_cost": round(found["worst_cost"], 4), "costs": {k: round(v, 4) for k, v in found["costs"].items()}}
+            "worst_cost": round(found["worst_cost"], 4), "costs": {k: round(v, 4) for k, v in found["costs"].items()},
+            "context": {row: {k: round(v, 4) for k, v in figures.items()} for row, figures in found["context"].items()}}
 
 
 def run_folds(args: argparse.Namespace) -> int:
@@ -301,6 +303,9 @@ def add_commands(commands) -> None:
     train.add_argument("--wide-field-share", type=_share, default=recipe.WIDE_FIELD_SHARE, metavar="SHARE",
                        help="share of training images shown in a field 1 to 2 times as wide, with smaller cells "
                             "(a mosaic of the image's smear session; default %(default)s)")
+    train.add_argument("--context-swap", type=_share, default=recipe.CONTEXT_SWAP, metavar="SHARE",
+                       help="share of training images whose white cells are shown on another training image's "
+                            "surroundings, of any class (training/context.py; default %(default)s)")
     train.add_argument("--filter-space", choices=recipe.FILTER_SPACES, default=None,
                        help="DSCNet's image filter standardises each image per channel in l-alpha-beta "
                             f"(Reinhard's space) or in optical density (default {recipe.FILTER_SPACE})")

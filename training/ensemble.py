@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from training.context import context_audit
 from training.evaluate import RunData, audit, audit_shifts
 from training.model import build_ensemble, load_keras_model, predict_probabilities
 from training.train import balancing_weights, smoothed_targets
@@ -62,15 +63,20 @@ def build_ensemble_run(runs: list[RunData], out: Path) -> tuple[dict, keras.Mode
 def validation_audit(model: keras.Model, run: RunData) -> dict:
     """The report's shift audit on the validation split (never the test split): for choosing a model.
 
-    Returns the accuracy under each shift and the worst cost of a shift other than grayscale.
+    Returns the accuracy under each shift, the worst cost of a shift other than grayscale, and
+    the context audit (`training.context`: the cells on other surroundings; not a shift, so not
+    in the worst cost).
     """
     x_train, y_train, _ = run.dataset.subset("train")
     x_val, y_val, _ = run.dataset.subset("val")
 
-    rows = audit({"model": lambda images: predict_probabilities(model, images)}, x_val, y_val,
-                 audit_shifts(x_train, y_train))
+    def predict(images: np.ndarray) -> np.ndarray:
+        return predict_probabilities(model, images)
+
+    rows = audit({"model": predict}, x_val, y_val, audit_shifts(x_train, y_train))
     clean = rows[0]["model"]["accuracy"]
     costs = {row["shift"]: clean - row["model"]["accuracy"] for row in rows[1:]}
     counted = {name: cost for name, cost in costs.items() if "grayscale" not in name}
     worst = max(counted, key=counted.get)
-    return {"clean_accuracy": clean, "costs": costs, "worst_shift": worst, "worst_cost": counted[worst]}
+    return {"clean_accuracy": clean, "costs": costs, "worst_shift": worst, "worst_cost": counted[worst],
+            "context": context_audit(predict, x_val, y_val, x_train, y_train)}

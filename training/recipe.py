@@ -12,6 +12,9 @@ BLUR_SIGMA_MAX = 2.0
 # share of training images shown in a field 1 to 2 times as wide, cells that much smaller (2.3.0's;
 # 2.2.0 had none and read wider fields wrongly: models/selection-notes.md, rounds v12-v14)
 WIDE_FIELD_SHARE = 0.15
+# share of training images whose white cells are shown on the surroundings of another training image
+# of any class (training.context), so that the surroundings carry no class; 0 in every model so far
+CONTEXT_SWAP = 0.0
 # the image filter's colour space: l-alpha-beta (2.4.0's, round v15: designed against Reinhard stain
 # transfers, which it undoes only in part for 8-bit images) or optical density per RGB channel (2.3.0
 # and before); training.model.SmearFilter
