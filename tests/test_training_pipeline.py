@@ -61,6 +61,11 @@ def test_train_export_evaluate_writes_model_card_and_report(tmp_path):
     assert "Calibration and referral" in report
     assert sum(row["images"] for row in metrics["sessions"]) == metrics["test_images"]
     assert "Per smear session (block-grouped test)" in report
+    assert "What the model reads: the cells or their surroundings" in report
+    for predictor in ("dscnet", "colour_baseline"):
+        context = metrics["context"][predictor]
+        assert 0 <= context["cells_on_other_class"]["accuracy"] <= 1
+        assert 0 <= context["cells_removed"]["still_called_its_class"] <= 1
     assert "Known limitations" in (models / "README.md").read_text()
 
 

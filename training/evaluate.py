@@ -26,6 +26,7 @@ from training.calibrate import (
     refer_threshold,
     selective_report,
 )
+from training.context import context_audit
 from training.data import Dataset, load_dataset, manifest_sha256, split_seed
 from training.metrics import classification_report, expected_calibration_error, per_group
 
@@ -146,6 +147,8 @@ def evaluate_run(run: RunData, onnx_path: Path, full_audit: bool = True) -> dict
     if full_audit:
         predictors = {"dscnet": model, "colour_baseline": colour.predict_proba}
         result["audit"] = audit(predictors, x_test, y_test, audit_shifts(x_train, y_train))
+        result["context"] = {name: context_audit(predict, x_test, y_test, x_train, y_train)
+                             for name, predict in predictors.items()}
     return result
 
 

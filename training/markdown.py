@@ -53,6 +53,30 @@ def _audit_rows(audit: list[dict]) -> list[str]:
     return rows
 
 
+def _context_rows(context: dict[str, dict]) -> list[str]:
+    """The context audit (training/context.py) of each predictor, one column each."""
+    names = list(context)
+    rows = [("cells on the background of another class: accuracy", "cells_on_other_class", "accuracy"),
+            ("... answers that name the background's class", "cells_on_other_class", "follows_plate"),
+            ("cells on the background of their own class: accuracy", "cells_on_same_class", "accuracy"),
+            ("cells painted out: still called their class (chance about 25%)", "cells_removed",
+             "still_called_its_class")]
+    return [
+        "## What the model reads: the cells or their surroundings (block-grouped test)",
+        "",
+        "Each test image's white cells (a colour mask, `training/context.py`) are put on the background of a",
+        "random training image whose own white cells are painted out; or the image's own cells are painted",
+        "out. A model of the cells keeps its accuracy on another class's background and cannot name the class",
+        "without the cells; a model of the surroundings follows the background.",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+        *[f"| {label} | " + " | ".join(_pct(context[name][row][key]) for name in names) + " |"
+          for label, row, key in rows],
+        "",
+    ]
+
+
 def _session_rows(sessions: list[dict]) -> list[str]:
     """Per test session (block): where the errors are, and whether colour alone already fails there."""
     def read_as(counts: dict[str, int]) -> str:
@@ -208,6 +232,7 @@ def render(results: dict[str, dict], training: dict, figures: list[str], notes: 
         "",
         *_audit_rows(blocks["audit"]),
         "",
+        *(_context_rows(blocks["context"]) if "context" in blocks else []),
         *(_session_rows(blocks["sessions"]) if "sessions" in blocks else []),
         *_calibration_rows(blocks["calibration"]),
         "## Training",
