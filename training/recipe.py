@@ -6,14 +6,17 @@ command line shows the same values, so the three cannot drift apart.
 
 from __future__ import annotations
 
-EPOCHS = 20  # the paper's; the shipped 2.4.0 was trained with --epochs 40 (models/selection-notes.md)
+EPOCHS = 20  # the paper's; the shipped models since 2.2.0 were trained with --epochs 40 (models/selection-notes.md)
 BLUR_SHARE = 0.4  # share of images blurred, with one Gaussian sigma per batch from 0.5 to BLUR_SIGMA_MAX
 BLUR_SIGMA_MAX = 2.0
 # share of training images shown in a field 1 to 2 times as wide, cells that much smaller (2.3.0's;
 # 2.2.0 had none and read wider fields wrongly: models/selection-notes.md, rounds v12-v14)
 WIDE_FIELD_SHARE = 0.15
 # share of training images whose white cells are shown on the surroundings of another training image
-# of any class (training.context), so that the surroundings carry no class; 0 in every model so far
+# of any class (training.context), so that the surroundings carry no class. None in the shipped recipe:
+# round v19 (share 0.5) made the model read the cells (88% right on another class's surroundings on
+# validation, 2.5.0 42%) but its unfamiliarity output then missed fields 2.5-3x as wide, so it did not
+# ship (models/selection-notes.md)
 CONTEXT_SWAP = 0.0
 # the image filter's colour space: l-alpha-beta (2.4.0's, round v15: designed against Reinhard stain
 # transfers, which it undoes only in part for 8-bit images) or optical density per RGB channel (2.3.0
