@@ -18,7 +18,7 @@ import pytest
 from app.classifier import load_classifier
 from app.imaging import decode_image
 from app.labels import CLASS_IDS
-from training.card import sha256_file
+from training.card import MODEL_VERSION, sha256_file
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 PER_CLASS = 20
@@ -29,6 +29,13 @@ MIN_ACCURACY = 0.85
 # the float32 model, and the int8 option when one is shipped (`python -m training.quantize` writes it only
 # when its test accuracy is within 0.5 points of float32's; 2.5.0's was not: models/reports/quantization.json)
 SHIPPED = ["dscnet", *(["dscnet-int8"] if (MODELS / "dscnet-int8.onnx").exists() else [])]
+
+
+def test_the_version_that_export_writes_is_the_shipped_models():
+    """`dscnet export` stamps training.card.MODEL_VERSION on every card it writes: while it names another
+    version than the shipped card's, any export would be labelled as a model that does not ship."""
+    card = json.loads((MODELS / "dscnet.json").read_text(encoding="utf-8"))
+    assert card["version"] == MODEL_VERSION
 
 
 @pytest.mark.parametrize("name", SHIPPED)

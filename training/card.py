@@ -13,7 +13,7 @@ from training.data import split_seed
 from training.recipe import EARLIER_FILTER_EPSILON
 
 MODEL_NAME = "dscnet"
-MODEL_VERSION = "2.6.0"
+MODEL_VERSION = "2.5.0"
 # what a run trained before the hardware was recorded ran on: this project's 2-core CPU
 UNRECORDED_HARDWARE = "CPU (2 cores)"
 
