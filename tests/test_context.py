@@ -102,12 +102,14 @@ def test_the_audit_tells_a_model_of_the_cells_from_a_model_of_the_surroundings()
     assert (_reads_cells(images).argmax(1) == labels).all()
     assert (_reads_surroundings(images).argmax(1) == labels).all()
 
-    cells = context_audit(_reads_cells, images, labels, train_images, train_labels)
+    found = context_audit({"cells": _reads_cells, "surroundings": _reads_surroundings},
+                          images, labels, train_images, train_labels)
+    cells = found["cells"]
     assert cells["cells_on_other_class"] == {"accuracy": 1.0, "follows_plate": 0.0}
     assert cells["cells_on_same_class"]["accuracy"] == 1.0
     assert cells["cells_removed"]["still_called_its_class"] == 0.25  # all read as class 0
 
-    surroundings = context_audit(_reads_surroundings, images, labels, train_images, train_labels)
+    surroundings = found["surroundings"]
     assert surroundings["cells_on_other_class"] == {"accuracy": 0.0, "follows_plate": 1.0}
     assert surroundings["cells_on_same_class"]["accuracy"] == 1.0
     assert surroundings["cells_removed"] == {"still_called_its_class": 1.0, "mean_top_probability": 1.0}

@@ -95,9 +95,11 @@ class Separated:
         return cls(alphas, plates)
 
 
-def context_audit(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
-                  train_images: np.ndarray, train_labels: np.ndarray, seed: int = 0) -> dict:
-    """How far a model's answers follow the cells rather than their surroundings.
+def context_audit(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], images: np.ndarray,
+                  labels: np.ndarray, train_images: np.ndarray, train_labels: np.ndarray, seed: int = 0) -> dict:
+    """How far each predictor's answers follow the cells rather than their surroundings.
+
+    The images are cut and pasted once; every predictor reads the same ones. Per predictor:
 
     - `cells_on_other_class`: accuracy (the cells' class) when each image's cells are put on the
       plate of a random training image of another class; a model that reads the cells keeps its
@@ -110,18 +112,20 @@ def context_audit(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarra
     """
     rng = np.random.default_rng(seed)
     own = Separated.of(images)
-    rows = {}
-    for name, pick in (("cells_on_other_class", lambda c: (c + rng.integers(1, 4)) % 4),
-                       ("cells_on_same_class", lambda c: c)):
+    rows: dict[str, dict] = {name: {} for name in predictors}
+    for row, pick in (("cells_on_other_class", lambda c: (c + rng.integers(1, 4)) % 4),
+                      ("cells_on_same_class", lambda c: c)):
         chosen = np.array([rng.choice(np.flatnonzero(train_labels == pick(c))) for c in labels])
         donors, slot = np.unique(chosen, return_inverse=True)  # plates of the chosen images only
         plates = Separated.of(train_images[donors]).plates
         mixed = np.stack([composite(image, own.alphas[i], plates[k])
                           for i, (image, k) in enumerate(zip(images, slot))])
-        answers = predict(mixed).argmax(axis=1)
-        rows[name] = {"accuracy": float(np.mean(answers == labels)),
-                      "follows_plate": float(np.mean(answers == train_labels[chosen]))}
-    removed = predict(own.plates)
-    rows["cells_removed"] = {"still_called_its_class": float(np.mean(removed.argmax(axis=1) == labels)),
-                             "mean_top_probability": float(removed.max(axis=1).mean())}
+        for name, predict in predictors.items():
+            answers = predict(mixed).argmax(axis=1)
+            rows[name][row] = {"accuracy": float(np.mean(answers == labels)),
+                               "follows_plate": float(np.mean(answers == train_labels[chosen]))}
+    for name, predict in predictors.items():
+        removed = predict(own.plates)
+        rows[name]["cells_removed"] = {"still_called_its_class": float(np.mean(removed.argmax(axis=1) == labels)),
+                                       "mean_top_probability": float(removed.max(axis=1).mean())}
     return rows

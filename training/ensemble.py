@@ -79,4 +79,4 @@ def validation_audit(model: keras.Model, run: RunData) -> dict:
     counted = {name: cost for name, cost in costs.items() if "grayscale" not in name}
     worst = max(counted, key=counted.get)
     return {"clean_accuracy": clean, "costs": costs, "worst_shift": worst, "worst_cost": counted[worst],
-            "context": context_audit(predict, x_val, y_val, x_train, y_train)}
+            "context": context_audit({"model": predict}, x_val, y_val, x_train, y_train)["model"]}

@@ -147,8 +147,7 @@ def evaluate_run(run: RunData, onnx_path: Path, full_audit: bool = True) -> dict
     if full_audit:
         predictors = {"dscnet": model, "colour_baseline": colour.predict_proba}
         result["audit"] = audit(predictors, x_test, y_test, audit_shifts(x_train, y_train))
-        result["context"] = {name: context_audit(predict, x_test, y_test, x_train, y_train)
-                             for name, predict in predictors.items()}
+        result["context"] = context_audit(predictors, x_test, y_test, x_train, y_train)
     return result
 
 
