@@ -13,6 +13,8 @@ of them) and a warning means the image is unlike anything the model was validate
 | over_exposed    | mean grey level                                                 | > 250      | 169 .. 245      |
 |                 | share of clipped white pixels (every channel >= 250)            | > 75%      | 0 .. 54%        |
 | monochrome      | share of pixels whose channels differ by 6 levels or more       | < 5%       | 39 .. 100%      |
+| cells_too_small | structure scale: radius (px) at which the grey image's          | < 6.0      | 6.7 .. 33       |
+|                 | autocorrelation falls to 0.25 (median of the dataset: 11)       |            |                 |
 | not_smear_like  | grey standard deviation (nearly uniform: no cells)              | < 6        | 13.6 .. 46      |
 |                 | 90th percentile of grey (a smear's background is bright)        | < 180      | 202 .. 255      |
 |                 | share of coloured pixels (saturation > 0.25) with hues from      | > 5%       | 0 .. 0.2%       |
@@ -21,16 +23,27 @@ of them) and a warning means the image is unlike anything the model was validate
 Grey is ITU-R 601 luma. A Gaussian blur of radius 1.5 px brings every dataset image below
 the focus threshold. Hues of stained smears (Wright/Giemsa/May-Grunwald) lie from blue
 through purple to pink; green, yellow and orange areas mean a photograph of something else.
+The structure scale is a model-independent measure of how large the cells appear: the width
+of the autocorrelation of the grey image (computed by FFT, averaged over rings of equal
+radius), which shrinks in proportion to everything drawn on the image. A lab whose camera or
+crop shows a wider field than the dataset's (a 40x objective, a whole camera frame sent
+without cropping) sends cells the model has never seen at that size; on the validation
+images shown 2.5x and 3x as wide (`training.shifts.wider_field`) it is below the threshold
+for most of them, while stain, exposure, gamma, JPEG and noise shifts of the dataset's own
+images leave it above (`python -m training.magnification` prints the referrals). It is the
+service's guard against other magnifications whatever the model; fields shown larger (a
+narrower field) are not separable from the dataset's own by it and are not flagged.
 Greyscale images are flagged (`monochrome`) since 2.4.0: its filter standardises colour in
 l-alpha-beta, and on grey versions of the test images it is right 9 points less often (85.95%
-against 94.83%), so they go to a person. Three warnings are left out where another explains
-them better: `out_of_focus` and `monochrome` on a nearly uniform image, and a dark background
-when `under_exposed` already fired.
+against 94.83%), so they go to a person. Four warnings are left out where another explains
+them better: `out_of_focus` and `monochrome` on a nearly uniform image, a dark background
+when `under_exposed` already fired, and `cells_too_small` on an image that is not smear-like.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -48,6 +61,9 @@ OFF_STAIN_HUES = (20.0, 180.0)  # degrees; tested without a division, see _off_s
 OFF_STAIN_MAX_SHARE = 0.05
 COLOURED_CHROMA = 6  # levels between a pixel's largest and smallest channel
 MONOCHROME_MAX_SHARE = 0.05
+SCALE_LEVEL = 0.25  # the autocorrelation level whose radius is the structure scale
+SMALL_CELLS_MAX_SCALE = 6.0  # px; the dataset's smallest is 6.73
+DATASET_MEDIAN_SCALE = 11.0  # px; for the "about N times smaller" of the warning
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -70,6 +86,7 @@ class QualityMeasures:
     clipped_share: float
     off_stain_share: float
     colour_share: float
+    structure_scale: float
 
 
 def measure(pixels: np.ndarray) -> QualityMeasures:
@@ -105,7 +122,37 @@ def measure(pixels: np.ndarray) -> QualityMeasures:
         clipped_share=float(np.count_nonzero(low >= CLIPPED_PIXEL_LEVEL) / grey.size),
         off_stain_share=_off_stain_share(red, green, blue, high, chroma),
         colour_share=float(np.count_nonzero(chroma >= COLOURED_CHROMA) / grey.size),
+        structure_scale=structure_scale(grey),
     )
+
+
+@lru_cache(maxsize=4)
+def _rings(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each FFT lag's whole-pixel distance from lag 0 (flattened), and how many lags each ring has."""
+    dy = np.fft.fftfreq(height) * height
+    dx = np.fft.fftfreq(width) * width
+    radius = np.rint(np.hypot(dy[:, None], dx[None, :])).astype(np.intp).ravel()
+    return radius, np.bincount(radius)
+
+
+def structure_scale(grey: np.ndarray) -> float:
+    """The radius in pixels at which the (circular) autocorrelation of `grey` (float, HxW), averaged
+    over rings of equal radius, first falls to `SCALE_LEVEL` of its value at 0, interpolated
+    linearly between rings; the largest ring's radius if it never does (a uniform image: 0)."""
+    centred = grey - grey.mean()
+    spectrum = np.fft.rfft2(centred)
+    power = spectrum.real * spectrum.real + spectrum.imag * spectrum.imag
+    autocorrelation = np.fft.irfft2(power, s=centred.shape)
+    radius, count = _rings(*centred.shape)
+    profile = np.bincount(radius, weights=autocorrelation.ravel()) / count
+    if profile[0] <= 0:
+        return 0.0
+    profile = profile[: min(centred.shape) // 2 + 1] / profile[0]
+    below = np.flatnonzero(profile < SCALE_LEVEL)
+    if below.size == 0:
+        return float(len(profile) - 1)
+    k = int(below[0])
+    return float(k - 1 + (profile[k - 1] - SCALE_LEVEL) / (profile[k - 1] - profile[k]))
 
 
 def _off_stain_share(
@@ -162,6 +209,12 @@ def assess_quality(pixels: np.ndarray) -> list[QualityWarning]:
                        f"{BACKGROUND_MIN_P90:.0f})")
     if m.off_stain_share > OFF_STAIN_MAX_SHARE:
         reasons.append(f"{m.off_stain_share:.0%} of it has colours (orange to cyan) that smear stains do not give")
+    if m.structure_scale < SMALL_CELLS_MAX_SCALE and not uniform and not reasons:
+        warnings.append(QualityWarning("cells_too_small", (
+            f"the cells look about {DATASET_MEDIAN_SCALE / max(m.structure_scale, 1.0):.1f} times smaller than in "
+            f"the images the model was trained on (structure scale {m.structure_scale:.1f} px, expected at least "
+            f"{SMALL_CELLS_MAX_SCALE:.0f}): the field is wider than a 100x oil field of the training images; send "
+            "an image at 100x oil, cropped around the cells rather than the camera's whole frame")))
     if reasons:
         warnings.append(QualityWarning("not_smear_like", (
             "this does not look like a stained blood smear: " + "; ".join(reasons)

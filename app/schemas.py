@@ -35,7 +35,7 @@ class TimingMs(BaseModel):
     )
 
 
-WarningCode = Literal["out_of_focus", "under_exposed", "over_exposed", "monochrome", "not_smear_like"]
+WarningCode = Literal["out_of_focus", "under_exposed", "over_exposed", "monochrome", "cells_too_small", "not_smear_like"]
 
 
 class ImageWarning(BaseModel):

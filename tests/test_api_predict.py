@@ -86,3 +86,28 @@ def test_unsafe_request_id_is_replaced(client: TestClient) -> None:
     response = post_image(client, images.solid((1, 2, 3)), headers={"X-Request-ID": "bad id\twith spaces"})
     assert response.headers["x-request-id"] != "bad id\twith spaces"
     assert response.headers["x-request-id"] == response.json()["request_id"]
+
+
+def test_a_whole_camera_frame_is_answered_and_referred_as_cells_too_small(
+        client: TestClient, real_images: dict[str, Path]) -> None:
+    """A lab that sends its camera's whole frame (here 3x3 dataset images, 672 px square, one JPEG)
+    shows the model cells a third of the size it knows: the answer comes, referred, with the reason."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from app.imaging import decode_image
+
+    tiles = [decode_image(path.read_bytes()) for path in real_images.values()]
+    frame = np.concatenate([np.concatenate([tiles[(row + col) % 4] for col in range(3)], axis=1) for row in range(3)])
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
+    response = post_image(client, buffer.getvalue(), filename="frame.jpg")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert_prediction(body)
+    assert [warning["code"] for warning in body["warnings"]] == ["cells_too_small"]
+    assert body["refer_to_human"] is True
+    for path in real_images.values():  # each tile alone, as the dataset has it: no warning
+        assert post_image(client, path.read_bytes(), filename=path.name).json()["warnings"] == []

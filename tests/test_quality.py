@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import colorsys
+import csv
 import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 import helpers_smears as smears
 from app.imaging import decode_image
-from app.quality import FOCUS_MIN_LAPLACIAN_VAR, OFF_STAIN_HUES, OFF_STAIN_SATURATION, assess_quality, measure
+from app.quality import (
+    FOCUS_MIN_LAPLACIAN_VAR,
+    OFF_STAIN_HUES,
+    OFF_STAIN_SATURATION,
+    SCALE_LEVEL,
+    assess_quality,
+    measure,
+    structure_scale,
+)
+from training.shifts import widen, wider_field
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 def codes(pixels: np.ndarray) -> list[str]:
@@ -138,3 +150,62 @@ def test_off_stain_share_is_the_hsv_definition() -> None:
         if saturation > OFF_STAIN_SATURATION and lo <= round(hue * 360, 9) < hi:
             expected += 1
     assert measure(pixels).off_stain_share == expected / (96 * 96)
+
+
+def test_a_smear_made_in_code_seen_in_a_field_four_times_as_wide_has_cells_too_small() -> None:
+    tiles = np.stack([smears.smear(seed) for seed in range(16)])
+    assert codes(widen(tiles[:4], 1.0)) == []  # the mosaic's own top-left image, uncut: no warning
+    (warning,) = assess_quality(widen(tiles, 4.0))
+    assert warning.code == "cells_too_small"
+    assert "times smaller" in warning.detail and "100x oil" in warning.detail and "cropped around the cells" in warning.detail
+
+
+def test_real_fields_three_times_as_wide_have_cells_too_small(data_dir: Path) -> None:
+    """The magnification guard on the dataset's own images: a 3x3 mosaic of each test image with
+    the next ones of its smear session, resized to 224 as a large photograph is; the originals pass."""
+    with (MODELS / "split.csv").open(encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["split"] == "test"][::12]  # 41 across the sessions
+    images = np.stack([decode_image((data_dir / row["file"]).read_bytes()) for row in rows])
+    wide = wider_field(images, [row["group"] for row in rows], 3.0)
+    assert [codes(image) for image in images] == [[]] * len(rows)
+    flagged = [codes(image) == ["cells_too_small"] for image in wide]
+    assert np.mean(flagged) >= 0.8, f"only {np.mean(flagged):.0%} of {len(rows)} 3x wider fields flagged"
+
+
+def test_structure_scale_is_the_ring_averaged_autocorrelation_computed_plainly() -> None:
+    """The FFT version equals the circular autocorrelation summed lag by lag, averaged over rings
+    of whole-pixel radius, and the first ring below the level interpolated linearly."""
+    rng = np.random.default_rng(3)
+    grey = np.asarray(Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).filter(
+        ImageFilter.GaussianBlur(2.0)), dtype=np.float64)
+    centred = grey - grey.mean()
+    sums: dict[int, list[float]] = {}
+    for dy in range(-20, 20):
+        for dx in range(-20, 20):
+            lag = int(np.rint(np.hypot(dy, dx)))
+            sums.setdefault(lag, []).append(float(np.sum(centred * np.roll(centred, (dy, dx), axis=(0, 1)))))
+    profile = np.array([np.mean(sums[lag]) for lag in range(21)])
+    profile /= profile[0]
+    k = int(np.flatnonzero(profile < SCALE_LEVEL)[0])
+    expected = k - 1 + (profile[k - 1] - SCALE_LEVEL) / (profile[k - 1] - profile[k])
+    assert structure_scale(grey.astype(np.float32)) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("radius", [4.0, 8.0])
+def test_structure_scale_follows_the_size_of_what_is_drawn(radius: float) -> None:
+    """Discs twice as large give a scale about twice as large: the statistic measures size."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:224, 0:224]
+    image = np.full((224, 224), 230.0)
+    for _ in range(int(6000 / radius**2)):
+        cy, cx = rng.uniform(0, 224, 2)
+        image[(y - cy) ** 2 + (x - cx) ** 2 < radius**2] = 120.0
+    small = structure_scale(image.astype(np.float32))
+    double = np.asarray(Image.fromarray(image.astype(np.uint8)).resize((448, 448), Image.Resampling.NEAREST))
+    large = structure_scale(double[112:336, 112:336].astype(np.float32))
+    assert radius / 2 < small < 2 * radius
+    assert large / small == pytest.approx(2.0, rel=0.2)
+
+
+def test_a_uniform_image_has_no_structure_scale() -> None:
+    assert structure_scale(np.full((224, 224), 200.0, dtype=np.float32)) == 0.0

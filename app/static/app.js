@@ -15,6 +15,7 @@ const WARNING_NAMES = {
   under_exposed: "Under-exposed",
   over_exposed: "Over-exposed",
   monochrome: "Greyscale",
+  cells_too_small: "Cells too small (wider field)",
   not_smear_like: "Not smear-like",
 };
 
