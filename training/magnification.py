@@ -11,7 +11,8 @@ The table gives the accuracy, how many answers the service would accept (calibra
 confidence at or above the card's referral threshold, no quality warning and, for a model with
 that output, unfamiliarity within the card's threshold, as `app.calibration.refer` decides), and
 how many of those are wrong: the figure that matters to a lab, a confident wrong answer no one is
-asked to check; and how many images the unfamiliarity alone flags. Prints figures; nothing is written.
+asked to check; and how many images the service's own magnification guard (the `cells_too_small`
+quality warning) and the model's unfamiliarity each flag. Prints figures; nothing is written.
 
     python -m training.magnification --model models/dscnet.onnx --manifest models/split.csv --split val
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from app.model_card import load_model_card
+from app.quality import assess_quality
 from training.cli import default_data_dir
 from training.quantize import read_split, session, split_rows
 from training.referral import service_answers
@@ -48,18 +50,19 @@ def main(argv: list[str] | None = None) -> None:
     sess = session(args.model)
     print(f"{len(images)} {args.split} images of {args.manifest}; model {args.model}")
     print("| field | cells appear | accuracy | accepted (confident, no warning, familiar) | accepted and wrong "
-          "| flagged unfamiliar |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "| flagged cells_too_small | flagged unfamiliar |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     rows = [("as the dataset's", 1.0, images)]
     rows += [(f"{factor:g}x wider", 1 / factor, wider_field(images, groups, factor)) for factor in args.wider]
     rows += [(f"{factor:g}x narrower", factor, narrower_field(images, factor)) for factor in args.narrower]
     for name, scale, shifted in rows:
         probabilities, unfamiliarity, accepted = service_answers(sess, shifted, card)
         right = probabilities.argmax(axis=1) == labels
+        small = sum(any(w.code == "cells_too_small" for w in assess_quality(image)) for image in shifted)
         flagged = (f"{np.sum(unfamiliarity > card.familiarity.threshold)}" if card.familiarity is not None
                    else "(no such output)")
         print(f"| {name} | {scale:.2f}x | {100 * right.mean():.2f}% | {accepted.sum()} of {len(images)} "
-              f"| {np.sum(accepted & ~right)} | {flagged} |", flush=True)
+              f"| {np.sum(accepted & ~right)} | {small} | {flagged} |", flush=True)
 
 
 if __name__ == "__main__":
