@@ -173,12 +173,14 @@ def test_real_fields_three_times_as_wide_have_cells_too_small(data_dir: Path) ->
 
 
 def test_structure_scale_is_the_ring_averaged_autocorrelation_computed_plainly() -> None:
-    """The FFT version equals the circular autocorrelation summed lag by lag, averaged over rings
-    of whole-pixel radius, and the first ring below the level interpolated linearly."""
+    """The FFT version equals, on the image averaged over 2x2 blocks, the circular autocorrelation
+    summed lag by lag, averaged over rings of whole-pixel radius, the first ring below the level
+    interpolated linearly, and the radius doubled back to the full image's pixels."""
     rng = np.random.default_rng(3)
-    grey = np.asarray(Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).filter(
-        ImageFilter.GaussianBlur(2.0)), dtype=np.float64)
-    centred = grey - grey.mean()
+    grey = np.asarray(Image.fromarray(rng.integers(0, 256, (81, 80), dtype=np.uint8)).filter(
+        ImageFilter.GaussianBlur(3.0)), dtype=np.float64)
+    half = grey[:80].reshape(40, 2, 40, 2).mean(axis=(1, 3))  # the odd last row dropped
+    centred = half - half.mean()
     sums: dict[int, list[float]] = {}
     for dy in range(-20, 20):
         for dx in range(-20, 20):
@@ -187,7 +189,7 @@ def test_structure_scale_is_the_ring_averaged_autocorrelation_computed_plainly()
     profile = np.array([np.mean(sums[lag]) for lag in range(21)])
     profile /= profile[0]
     k = int(np.flatnonzero(profile < SCALE_LEVEL)[0])
-    expected = k - 1 + (profile[k - 1] - SCALE_LEVEL) / (profile[k - 1] - profile[k])
+    expected = 2 * (k - 1 + (profile[k - 1] - SCALE_LEVEL) / (profile[k - 1] - profile[k]))
     assert structure_scale(grey.astype(np.float32)) == pytest.approx(expected, rel=1e-4)
 
 
