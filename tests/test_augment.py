@@ -224,3 +224,20 @@ def test_orientation_gives_the_eight_turns_and_flips_of_the_square() -> None:
     expected = {np.ascontiguousarray(t).tobytes()
                 for k in range(4) for t in (np.rot90(square, k), np.rot90(square[:, ::-1], k))}
     assert seen == expected
+
+
+def test_feed_narrows_the_field_of_its_share_so_its_cells_are_larger() -> None:
+    images = disks([(112, 112)], (200, 0, 0)).repeat(8, axis=0)  # one disk, 79 pixels across
+    targets, weights = np.eye(4, dtype=np.float32)[[0] * 8], np.arange(8, dtype=np.float32)
+    plain = TrainingFeed(images, targets, weights, 8, seed=0, jpeg_share=0.5)
+    unused = TrainingFeed(images, targets, weights, 8, seed=0, jpeg_share=0.5, narrow_field_share=0.0)
+    narrow = TrainingFeed(images, targets, weights, 8, seed=0, jpeg_share=0.0, narrow_field_share=1.0)
+    assert np.array_equal(plain[0][0], unused[0][0])  # share 0 changes no batch, nor the JPEG draws
+    x, _, w = narrow[0]
+    assert np.array_equal(w, plain[0][2])  # the same images in the same order
+    # a square of 1/factor of the side (factor 1..2) enlarged: the disk up to twice as wide, cut where
+    # the square does not hold all of it, so measure the widest run of each image
+    runs = [_longest_run((image[..., 0] > 100) & (image[..., 2] < 60)) for image in x]
+    assert min(runs) >= 79 and max(runs) <= 2 * 79 + 2 and np.mean(runs) > 95
+    with pytest.raises(ValueError, match="narrow_field_max"):
+        TrainingFeed(images, targets, weights, 8, seed=0, narrow_field_share=0.3, narrow_field_max=0.5)

@@ -27,9 +27,10 @@ def test_train_command_defaults_are_the_recipe_that_training_uses(tmp_path):
     parser = argparse.ArgumentParser()
     cli.add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["train"])
-    shown = (args.epochs, args.blur_share, args.blur_sigma_max, args.wide_field_share, args.context_swap)
+    shown = (args.epochs, args.blur_share, args.blur_sigma_max, args.wide_field_share, args.context_swap,
+             args.narrow_field_share)
     assert shown == (recipe.EPOCHS, recipe.BLUR_SHARE, recipe.BLUR_SIGMA_MAX, recipe.WIDE_FIELD_SHARE,
-                     recipe.CONTEXT_SWAP) == (20, 0.4, 2.0, 0.15, 0.0)
+                     recipe.CONTEXT_SWAP, recipe.NARROW_FIELD_SHARE) == (20, 0.4, 2.0, 0.15, 0.0, 0.0)
     assert args.filter_space is None and recipe.FILTER_SPACE == "lab"  # None: the recipe's, for DSCNet only
     assert args.stem_strides is None and recipe.STEM_STRIDES == (2, 2)
     assert args.filter_epsilon is None and recipe.FILTER_EPSILON == 1e-6
@@ -40,7 +41,7 @@ def test_train_command_defaults_are_the_recipe_that_training_uses(tmp_path):
 
     config = TrainConfig(data_dir=tmp_path, out_dir=tmp_path)
     assert (config.epochs, config.blur_share, config.blur_sigma_max, config.wide_field_share,
-            config.context_swap) == shown
+            config.context_swap, config.narrow_field_share) == shown
     assert config.model.filter_space == recipe.FILTER_SPACE
     assert config.model.stem_strides == recipe.STEM_STRIDES
     assert config.model.filter_epsilon == recipe.FILTER_EPSILON

@@ -88,7 +88,7 @@ def test_a_second_training_seed_can_keep_the_split(tmp_path):
     # also a smoke run of the wide-field and context-swap augmentations on a limited subset (each
     # image's session and its cells' mask follow it)
     run = train(TrainConfig(data_dir=data, out_dir=tmp_path / "run", epochs=1, block_size=3, seed=1, split_seed=0,
-                            wide_field_share=0.5, context_swap=0.5, limit_per_class=6, model=DSCNetConfig.tiny()))
+                            wide_field_share=0.5, context_swap=0.5, narrow_field_share=0.5, limit_per_class=6, model=DSCNetConfig.tiny()))
     recorded = json.loads((run / "training.json").read_text())["manifest_sha256"]
     assert recorded == manifest_sha256(load_dataset(data, block_size=3, seed=0).samples)
     assert recorded != manifest_sha256(load_dataset(data, block_size=3, seed=1).samples)

@@ -29,7 +29,7 @@ from keras import ops
 from PIL import Image
 
 from training.context import Separated, composite
-from training.recipe import BLUR_SHARE, BLUR_SIGMA_MAX
+from training.recipe import BLUR_SHARE, BLUR_SIGMA_MAX, NARROW_FIELD_MAX
 from training.shifts import (
     HED_FROM_RGB,
     LAB_FROM_LOGLMS,
@@ -74,12 +74,18 @@ class TrainingFeed(keras.utils.PyDataset):
     surroundings of a random other training image, of any class (`training.context`: the cells by
     a colour mask, feathered, on the other image's background plate with its own cells painted
     out), so that the surroundings carry no class for those images. A stream of its own too.
+
+    With `narrow_field_share` > 0, that share of images is then shown in a field 1 to
+    `narrow_field_max` times as narrow, its cells that much larger: a square of 1/factor of the side,
+    anywhere in the image, enlarged back with Pillow's bilinear resize (as `shifts.narrower_field`
+    makes the audit's narrower fields, there centred). A stream of its own as well.
     """
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch_size: int,
                  seed: int, *, jpeg_share: float = JPEG_SHARE, workers: int = 1,
                  wide_field_share: float = 0.0, wide_field_max: float = WIDE_FIELD_MAX,
-                 groups: list[str] | None = None, context_swap_share: float = 0.0) -> None:
+                 groups: list[str] | None = None, context_swap_share: float = 0.0,
+                 narrow_field_share: float = 0.0, narrow_field_max: float = NARROW_FIELD_MAX) -> None:
         super().__init__(workers=workers, use_multiprocessing=False)
         if len(images) < batch_size:
             raise ValueError(f"{len(images)} training images are fewer than one batch of {batch_size}")
@@ -96,6 +102,10 @@ class TrainingFeed(keras.utils.PyDataset):
         # each image's next 8 of its session, of which _widen draws 3; only when a share uses them
         self._partners = session_neighbours(groups, count=8) if wide_field_share > 0 else None
         self.context_swap_share = context_swap_share
+        if narrow_field_max < 1.0:
+            raise ValueError(f"a field is at most 1/narrow_field_max as wide; {narrow_field_max} is below 1")
+        self.narrow_field_share = narrow_field_share
+        self.narrow_field_max = narrow_field_max
         # each image's feathered cell mask and cell-free plate (about 15 ms per image, once)
         self._separated = Separated.of(self.images) if context_swap_share > 0 else None
         self.epoch = 0
@@ -115,6 +125,8 @@ class TrainingFeed(keras.utils.PyDataset):
             self._swap_context(batch, rows, np.random.default_rng((self.seed, self.epoch, index, 3)))
         if self.wide_field_share > 0:
             self._widen(batch, rows, np.random.default_rng((self.seed, self.epoch, index, 2)))
+        if self.narrow_field_share > 0:
+            self._narrow(batch, rows, np.random.default_rng((self.seed, self.epoch, index, 4)))
         for i in np.flatnonzero(rng.random(len(rows)) < self.jpeg_share):
             batch[i] = recompress_jpeg(batch[i], rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
         return batch.astype(np.float32), self.targets[rows], self.weights[rows]
@@ -128,6 +140,15 @@ class TrainingFeed(keras.utils.PyDataset):
             factor = rng.uniform(1.0, self.wide_field_max)
             room = 2 * side - int(round(factor * side))
             batch[i] = widen(tiles, factor, top=int(rng.integers(0, room + 1)), left=int(rng.integers(0, room + 1)))
+
+    def _narrow(self, batch: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> None:
+        """Show a share of the batch in a narrower field, in place (see the class's docstring)."""
+        height, width = batch.shape[1:3]
+        for i in np.flatnonzero(rng.random(len(rows)) < self.narrow_field_share):
+            crop = int(round(min(height, width) / rng.uniform(1.0, self.narrow_field_max)))
+            top, left = int(rng.integers(0, height - crop + 1)), int(rng.integers(0, width - crop + 1))
+            square = Image.fromarray(batch[i, top:top + crop, left:left + crop])
+            batch[i] = np.asarray(square.resize((width, height), Image.Resampling.BILINEAR))
 
     def _swap_context(self, batch: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> None:
         """Put a share of the batch's cells on other training images' plates, in place."""

@@ -165,7 +165,7 @@ def build_card(onnx_path: Path, training: dict, export: dict, versions: dict) ->
 
 # the recipe's settings of `dscnet train` that say what the model was shown (TrainConfig's names)
 AUGMENTATION_SETTINGS = ("blur_share", "blur_sigma_max", "stain_transfer", "wide_field_share", "wide_field_max",
-                         "context_swap")
+                         "context_swap", "narrow_field_share", "narrow_field_max")
 
 
 def _augmentation(config: dict) -> dict:

@@ -77,7 +77,7 @@ def run_train(args: argparse.Namespace) -> int:
                          arch=args.arch, stain_transfer=args.stain_transfer, manifest=args.manifest,
                          workers=args.workers, time_limit=args.time_limit, blur_share=args.blur_share,
                          blur_sigma_max=args.blur_sigma_max, wide_field_share=args.wide_field_share,
-                         context_swap=args.context_swap,
+                         context_swap=args.context_swap, narrow_field_share=args.narrow_field_share,
                          model=DSCNetConfig(filter_space=args.filter_space or recipe.FILTER_SPACE,
                                             filter_epsilon=args.filter_epsilon or recipe.FILTER_EPSILON,
                                             stem_strides=tuple(args.stem_strides or recipe.STEM_STRIDES)))
@@ -306,6 +306,9 @@ def add_commands(commands) -> None:
     train.add_argument("--context-swap", type=_share, default=recipe.CONTEXT_SWAP, metavar="SHARE",
                        help="share of training images whose white cells are shown on another training image's "
                             "surroundings, of any class (training/context.py; default %(default)s)")
+    train.add_argument("--narrow-field-share", type=_share, default=recipe.NARROW_FIELD_SHARE, metavar="SHARE",
+                       help="share of training images shown in a field 1 to 2 times as narrow, with larger cells "
+                            "(a random square of the image, enlarged; default %(default)s)")
     train.add_argument("--filter-space", choices=recipe.FILTER_SPACES, default=None,
                        help="DSCNet's image filter standardises each image per channel in l-alpha-beta "
                             f"(Reinhard's space) or in optical density (default {recipe.FILTER_SPACE})")

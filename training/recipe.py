@@ -18,6 +18,11 @@ WIDE_FIELD_SHARE = 0.15
 # validation, 2.5.0 42%) but its unfamiliarity output then missed fields 2.5-3x as wide, so it did not
 # ship (models/selection-notes.md)
 CONTEXT_SWAP = 0.0
+# share of training images shown in a field 1 to NARROW_FIELD_MAX times as narrow (a random square of
+# 1/factor of the side, enlarged back: larger cells). None in the shipped recipe; tried in round v20,
+# since round v19's cell-reading model read fields 1.5x narrower much worse than 2.5.0
+NARROW_FIELD_SHARE = 0.0
+NARROW_FIELD_MAX = 2.0
 # the image filter's colour space: l-alpha-beta (2.4.0's, round v15: designed against Reinhard stain
 # transfers, which it undoes only in part for 8-bit images) or optical density per RGB channel (2.3.0
 # and before); training.model.SmearFilter

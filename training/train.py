@@ -18,7 +18,15 @@ from training.augment import WIDE_FIELD_MAX, TrainingFeed, augmenter
 from training.data import Dataset, Sample, load_dataset, load_manifest_dataset, split_seed, write_manifest
 from training.architectures import build_architecture
 from training.model import DSCNetConfig, build_dscnet
-from training.recipe import BLUR_SHARE, BLUR_SIGMA_MAX, CONTEXT_SWAP, EPOCHS, WIDE_FIELD_SHARE
+from training.recipe import (
+    BLUR_SHARE,
+    BLUR_SIGMA_MAX,
+    CONTEXT_SWAP,
+    EPOCHS,
+    NARROW_FIELD_MAX,
+    NARROW_FIELD_SHARE,
+    WIDE_FIELD_SHARE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,9 @@ class TrainConfig:
     wide_field_max: float = WIDE_FIELD_MAX
     # share of training images whose cells are shown on another training image's surroundings
     context_swap: float = CONTEXT_SWAP
+    # share of training images shown in a field 1..narrow_field_max times as narrow (training.augment)
+    narrow_field_share: float = NARROW_FIELD_SHARE
+    narrow_field_max: float = NARROW_FIELD_MAX
     manifest: Path | None = None  # train on this manifest's split instead of drawing one
     workers: int = 1  # data-loader threads (JPEG re-compression)
     time_limit: float | None = None  # seconds; training stops after the epoch that passes it
@@ -134,7 +145,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
     feed = TrainingFeed(x_train, smoothed_targets(y_train, config.label_smoothing), balancing_weights(y_train),
                         config.batch_size, config.seed, workers=config.workers,
                         wide_field_share=config.wide_field_share, wide_field_max=config.wide_field_max,
-                        groups=[sample.group for sample in train_samples], context_swap_share=config.context_swap)
+                        groups=[sample.group for sample in train_samples], context_swap_share=config.context_swap,
+                        narrow_field_share=config.narrow_field_share, narrow_field_max=config.narrow_field_max)
     steps = len(feed)
     val_data = (x_val.astype(np.float32), smoothed_targets(y_val, config.label_smoothing), balancing_weights(y_val))
     model = build_dscnet(config.model) if config.arch == "dscnet" else build_architecture(config.arch)
