@@ -53,7 +53,7 @@ LIMITATIONS = [
     "accepted by the referral (2.4.1: 94.0%, 95.5%, 86.4%; 2.2.0: 80%, 55% and 21%) (`python -m "
     "training.magnification`). In fields 2.5 and 3 times as wide it is right on 92.8% and 71.3%; the "
     "service's own guard, the cells_too_small warning (a size measure of the image, whatever the model), "
-    "refers 424 and 459 of the 484 such images, and 194 in fields twice as wide; the unfamiliarity output 302 "
+    "refers 408 and 442 of the 484 such images, and 203 in fields twice as wide; the unfamiliarity output 302 "
     "and 425: no wrong answer is accepted at 2.5x or 3x, 1 at 2x. A narrower field is enlarged and blurred: in a field half as wide 71.7% are right and the "
     "out-of-focus warning refers nearly every such image. Measure on your own images first (`dscnet validate`).",
     "The unfamiliarity referral flags images whose features lie far from the training images' (beyond the "
