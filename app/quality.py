@@ -143,7 +143,7 @@ def structure_scale(grey: np.ndarray) -> float:
     first falls to `SCALE_LEVEL` of its value at 0, interpolated linearly between rings, is doubled
     back to the full image's pixels; the largest ring's radius if it never falls that low; 0 for a
     uniform image. Half resolution costs a quarter of the FFTs (about 0.2 ms per image against 0.5)
-    and still puts the dataset's images well above fields 2.5-3 times as wide (app/quality.py's table).
+    and still puts the dataset's images well above fields 2.5-3 times as wide (the module's table).
     """
     height, width = (grey.shape[0] // 2) * 2, (grey.shape[1] // 2) * 2
     half = grey[0:height:2, 0:width:2] + grey[1:height:2, 0:width:2]
