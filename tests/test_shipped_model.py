@@ -76,8 +76,12 @@ def test_an_int8_option_ships_exactly_when_the_quantisation_report_of_the_shippe
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_models_find_real_smears_familiar_and_grey_or_cut_out_ones_not(data_dir: Path, name: str):
     """The unfamiliarity referral: a dataset image is rarely above the threshold (1 in 100 of the
-    validation images is, by construction), a grey copy of it always is, and so is a field three
-    times as wide (a 3x3 mosaic of one session's images, as training.magnification makes it)."""
+    validation images is, by construction) and a grey copy of it always is. A field three times as
+    wide (a 3x3 mosaic of one session's images, as training.magnification makes it) is referred by
+    the service's whole rule (the cells_too_small warning, whatever the model, and the unfamiliarity)
+    nearly always: what the service promises a lab with a lower-power objective."""
+    from training.quantize import session
+    from training.referral import service_answers
     from training.shifts import wider_field
 
     classifier = load_classifier(MODELS / f"{name}.onnx", MODELS / f"{name}.json", threads=1)
@@ -91,4 +95,6 @@ def test_shipped_models_find_real_smears_familiar_and_grey_or_cut_out_ones_not(d
     as_is, greyed, wider = (classifier.score_batch(batch)[:, len(CLASS_IDS)] for batch in (images, grey, wide))
     assert np.sum(as_is > threshold) <= 2, f"{np.sum(as_is > threshold)} of {len(rows)} real smears flagged"
     assert np.all(greyed > threshold)
-    assert np.mean(wider > threshold) >= 0.75, f"only {np.mean(wider > threshold):.0%} of 3x wider fields flagged"
+    assert np.mean(wider > threshold) >= 0.5, f"only {np.mean(wider > threshold):.0%} of 3x wider fields flagged"
+    _, _, accepted = service_answers(session(MODELS / f"{name}.onnx"), wide, classifier.card)
+    assert np.mean(~accepted) >= 0.9, f"only {np.mean(~accepted):.0%} of 3x wider fields referred"
