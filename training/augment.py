@@ -35,6 +35,7 @@ from training.shifts import (
     LAB_FROM_LOGLMS,
     LMS_FROM_RGB,
     RGB_FROM_HED,
+    enlarge_square,
     fill_corner,
     image_colour_statistics,
     session_neighbours,
@@ -77,8 +78,8 @@ class TrainingFeed(keras.utils.PyDataset):
 
     With `narrow_field_share` > 0, that share of images is then shown in a field 1 to
     `narrow_field_max` times as narrow, its cells that much larger: a square of 1/factor of the side,
-    anywhere in the image, enlarged back with Pillow's bilinear resize (as `shifts.narrower_field`
-    makes the audit's narrower fields, there centred). A stream of its own as well.
+    anywhere in the image, enlarged back by `shifts.enlarge_square`, as `shifts.narrower_field`
+    makes the audit's narrower fields (there centred). A stream of its own as well.
     """
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch_size: int,
@@ -147,8 +148,7 @@ class TrainingFeed(keras.utils.PyDataset):
         for i in np.flatnonzero(rng.random(len(rows)) < self.narrow_field_share):
             crop = int(round(min(height, width) / rng.uniform(1.0, self.narrow_field_max)))
             top, left = int(rng.integers(0, height - crop + 1)), int(rng.integers(0, width - crop + 1))
-            square = Image.fromarray(batch[i, top:top + crop, left:left + crop])
-            batch[i] = np.asarray(square.resize((width, height), Image.Resampling.BILINEAR))
+            batch[i] = enlarge_square(batch[i], crop, top, left)
 
     def _swap_context(self, batch: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> None:
         """Put a share of the batch's cells on other training images' plates, in place."""
