@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from app.model_card import load_model_card
-from app.quality import assess_quality
 from training.cli import default_data_dir
 from training.quantize import read_split, session, split_rows
-from training.referral import service_answers
+from training.referral import service_answers, warning_codes
 from training.shifts import narrower_field, wider_field
 
 
@@ -56,9 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     rows += [(f"{factor:g}x wider", 1 / factor, wider_field(images, groups, factor)) for factor in args.wider]
     rows += [(f"{factor:g}x narrower", factor, narrower_field(images, factor)) for factor in args.narrower]
     for name, scale, shifted in rows:
-        probabilities, unfamiliarity, accepted = service_answers(sess, shifted, card)
+        codes = warning_codes(shifted)
+        probabilities, unfamiliarity, accepted = service_answers(sess, shifted, card, codes)
         right = probabilities.argmax(axis=1) == labels
-        small = sum(any(w.code == "cells_too_small" for w in assess_quality(image)) for image in shifted)
+        small = sum("cells_too_small" in image_codes for image_codes in codes)
         flagged = (f"{np.sum(unfamiliarity > card.familiarity.threshold)}" if card.familiarity is not None
                    else "(no such output)")
         print(f"| {name} | {scale:.2f}x | {100 * right.mean():.2f}% | {accepted.sum()} of {len(images)} "

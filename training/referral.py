@@ -17,10 +17,16 @@ from app.quality import assess_quality
 from training.quantize import run_outputs
 
 
-def service_answers(session: ort.InferenceSession, images: np.ndarray,
-                    card: ModelCard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def warning_codes(images: np.ndarray) -> list[list[str]]:
+    """The quality warnings' codes the service gives each of uint8 NHWC `images`."""
+    return [[warning.code for warning in assess_quality(image)] for image in images]
+
+
+def service_answers(session: ort.InferenceSession, images: np.ndarray, card: ModelCard,
+                    codes: list[list[str]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Calibrated probabilities (N, 4), unfamiliarity (N; NaN without that output) and whether the
-    service would accept each answer (N, bool) for uint8 NHWC `images`."""
+    service would accept each answer (N, bool) for uint8 NHWC `images`; `codes` are the images'
+    `warning_codes` when the caller already has them."""
     familiar = card.familiarity is not None
     outputs = run_outputs(session, ["probabilities", card.familiarity.output] if familiar else ["probabilities"],
                           images)
@@ -28,9 +34,9 @@ def service_answers(session: ort.InferenceSession, images: np.ndarray,
     unfamiliarity = np.reshape(outputs[1], -1) if familiar else np.full(len(images), np.nan)
     calibration = Calibration.from_card(card.calibration, card.familiarity)
     calibrated = apply_temperature(probabilities, calibration.temperature)
+    codes = warning_codes(images) if codes is None else codes
     accepted = np.array([
-        not refer(float(row.max()), calibration, [w.code for w in assess_quality(image)],
-                  float(distance) if familiar else None).refer_to_human
-        for row, distance, image in zip(calibrated, unfamiliarity, images, strict=True)
+        not refer(float(row.max()), calibration, image_codes, float(distance) if familiar else None).refer_to_human
+        for row, distance, image_codes in zip(calibrated, unfamiliarity, codes, strict=True)
     ])
     return calibrated, unfamiliarity, accepted
