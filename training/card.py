@@ -42,8 +42,9 @@ LIMITATIONS = [
     "lies in the background and along the masked scale-bar corner. These are session cues of this dataset, "
     "where each class was photographed in sessions of its own; on another lab's slides they tell nothing. "
     "A model trained against them (round v19) read the cells, but the service would accept more of its "
-    "wrong answers in fields narrower than the dataset's, so it was not shipped. The errors on the block-grouped test split concentrate in a few smear "
-    "sessions (pre-B read as pro-B, benign as early pre-B). Treat every result as a second reading.",
+    "wrong answers in fields narrower than the dataset's, so it was not shipped. The errors on the "
+    "block-grouped test split concentrate in a few smear sessions (pre-B read as pro-B, benign as early "
+    "pre-B). Treat every result as a second reading.",
     "Only the four trained classes exist for the model: any other image (normal lymphocytes, other "
     "leukaemias, non-smear images) still receives four probabilities that sum to 1.",
     "Images are centre-cropped to a square and resized to 224x224. The model was trained on cells at the "
@@ -54,8 +55,9 @@ LIMITATIONS = [
     "training.magnification`). In fields 2.5 and 3 times as wide it is right on 92.8% and 71.3%; the "
     "service's own guard, the cells_too_small warning (a size measure of the image, whatever the model), "
     "refers 408 and 442 of the 484 such images, and 203 in fields twice as wide; the unfamiliarity output 302 "
-    "and 425: no wrong answer is accepted at 2.5x or 3x, 1 at 2x. A narrower field is enlarged and blurred: in a field half as wide 71.7% are right and the "
-    "out-of-focus warning refers nearly every such image. Measure on your own images first (`dscnet validate`).",
+    "and 425: no wrong answer is accepted at 2.5x or 3x, 1 at 2x. A narrower field is enlarged and "
+    "blurred: in a field half as wide 71.7% are right and the out-of-focus warning refers nearly every such "
+    "image. Measure on your own images first (`dscnet validate`).",
     "The unfamiliarity referral flags images whose features lie far from the training images' (beyond the "
     "distance that 1 in 100 validation images exceeds): 0.8% of the test images, every grey and pre-segmented "
     "one, most fields 2.5x as wide or wider. It is measured only on this dataset and on shifts made from it; "
