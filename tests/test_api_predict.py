@@ -92,8 +92,6 @@ def test_a_whole_camera_frame_is_answered_and_referred_as_cells_too_small(
         client: TestClient, real_images: dict[str, Path]) -> None:
     """A lab that sends its camera's whole frame (here 3x3 dataset images, 672 px square, one JPEG)
     shows the model cells a third of the size it knows: the answer comes, referred, with the reason."""
-    import io
-
     import numpy as np
     from PIL import Image
 
@@ -101,9 +99,7 @@ def test_a_whole_camera_frame_is_answered_and_referred_as_cells_too_small(
 
     tiles = [decode_image(path.read_bytes()) for path in real_images.values()]
     frame = np.concatenate([np.concatenate([tiles[(row + col) % 4] for col in range(3)], axis=1) for row in range(3)])
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
-    response = post_image(client, buffer.getvalue(), filename="frame.jpg")
+    response = post_image(client, images.encode(Image.fromarray(frame), "JPEG", quality=95), filename="frame.jpg")
     assert response.status_code == 200, response.text
     body = response.json()
     assert_prediction(body)
