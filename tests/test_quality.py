@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import colorsys
-import csv
 import io
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from app.quality import (
     measure,
     structure_scale,
 )
+from training.quantize import split_rows
 from training.shifts import widen, wider_field
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -163,8 +163,7 @@ def test_a_smear_made_in_code_seen_in_a_field_four_times_as_wide_has_cells_too_s
 def test_real_fields_three_times_as_wide_have_cells_too_small(data_dir: Path) -> None:
     """The magnification guard on the dataset's own images: a 3x3 mosaic of each test image with
     the next ones of its smear session, resized to 224 as a large photograph is; the originals pass."""
-    with (MODELS / "split.csv").open(encoding="utf-8") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["split"] == "test"][::12]  # 41 across the sessions
+    rows = split_rows(MODELS / "split.csv", "test")[::12]  # 41 across the sessions
     images = np.stack([decode_image((data_dir / row["file"]).read_bytes()) for row in rows])
     wide = wider_field(images, [row["group"] for row in rows], 3.0)
     assert [codes(image) for image in images] == [[]] * len(rows)
