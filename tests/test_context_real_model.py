@@ -47,13 +47,6 @@ def test_pasting_cells_on_a_background_of_their_own_class_costs_nothing(audit: d
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation of the shipped model (models/README.md, models/selection-notes.md round v19): "
-    "it reads the white cells' surroundings at least as much as the cells (2.5.0 on validation: 42% right "
-    "with its cells on another class's background). Strict: a model that reads the cells makes this pass, "
-    "and this mark must then go.",
-)
 def test_the_shipped_model_reads_the_cells_not_their_surroundings(audit: dict) -> None:
     """With its cells on another class's background an image keeps its class in at least 4 of 5 cases,
     and with its cells painted out it is named right in at most 2 of 5."""

@@ -30,7 +30,7 @@ def test_train_command_defaults_are_the_recipe_that_training_uses(tmp_path):
     shown = (args.epochs, args.blur_share, args.blur_sigma_max, args.wide_field_share, args.context_swap,
              args.narrow_field_share)
     assert shown == (recipe.EPOCHS, recipe.BLUR_SHARE, recipe.BLUR_SIGMA_MAX, recipe.WIDE_FIELD_SHARE,
-                     recipe.CONTEXT_SWAP, recipe.NARROW_FIELD_SHARE) == (20, 0.4, 2.0, 0.15, 0.0, 0.0)
+                     recipe.CONTEXT_SWAP, recipe.NARROW_FIELD_SHARE) == (20, 0.4, 2.0, 0.15, 0.5, 0.2)
     assert args.filter_space is None and recipe.FILTER_SPACE == "lab"  # None: the recipe's, for DSCNet only
     assert args.stem_strides is None and recipe.STEM_STRIDES == (2, 2)
     assert args.filter_epsilon is None and recipe.FILTER_EPSILON == 1e-6

@@ -13,15 +13,14 @@ BLUR_SIGMA_MAX = 2.0
 # 2.2.0 had none and read wider fields wrongly: models/selection-notes.md, rounds v12-v14)
 WIDE_FIELD_SHARE = 0.15
 # share of training images whose white cells are shown on the surroundings of another training image
-# of any class (training.context), so that the surroundings carry no class. None in the shipped recipe:
-# round v19 (share 0.5) made the model read the cells (88% right on another class's surroundings on
-# validation, 2.5.0 42%) but its unfamiliarity output then missed fields 2.5-3x as wide, so it did not
-# ship (models/selection-notes.md)
-CONTEXT_SWAP = 0.0
+# of any class (training.context), so that the surroundings carry no class: 2.6.0's (round v20). Round
+# v19 tried it alone: the model read the cells (88% right on another class's surroundings on validation,
+# 2.5.0 42%) but read fields 1.5x narrower much worse, so it did not ship (models/selection-notes.md)
+CONTEXT_SWAP = 0.5
 # share of training images shown in a field 1 to NARROW_FIELD_MAX times as narrow (a random square of
-# 1/factor of the side, enlarged back: larger cells). None in the shipped recipe; tried in round v20,
-# since round v19's cell-reading model read fields 1.5x narrower much worse than 2.5.0
-NARROW_FIELD_SHARE = 0.0
+# 1/factor of the side, enlarged back: larger cells): 2.6.0's (round v20), which with it reads narrower
+# fields better than 2.5.0 (none) while reading the cells
+NARROW_FIELD_SHARE = 0.2
 NARROW_FIELD_MAX = 2.0
 # the image filter's colour space: l-alpha-beta (2.4.0's, round v15: designed against Reinhard stain
 # transfers, which it undoes only in part for 8-bit images) or optical density per RGB channel (2.3.0
