@@ -50,5 +50,14 @@ def test_the_script_names_the_classes_and_warnings_as_the_service_does() -> None
 
 
 def test_static_files_are_packaged() -> None:
-    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text(encoding="utf-8")
-    assert 'app = ["static/*"]' in pyproject
+    """Every file of app/static goes into the wheel: its folder is a declared package and a pattern of its
+    package data matches the file (a new file type would otherwise be missing from installs and the image)."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    assert "app.static" in setuptools["packages"]
+    patterns = setuptools["package-data"]["app.static"]
+    files = [path.name for path in (root / "app" / "static").iterdir() if path.is_file()]
+    assert files and all(any(fnmatch.fnmatch(name, pattern) for pattern in patterns) for name in files), files
