@@ -18,6 +18,7 @@ import pytest
 from app.classifier import load_classifier
 from app.imaging import decode_image
 from app.labels import CLASS_IDS
+from app.model_card import load_model_card
 from training.card import MODEL_VERSION, sha256_file
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -99,3 +100,19 @@ def test_shipped_models_find_real_smears_familiar_and_grey_or_cut_out_ones_not(d
     assert np.mean(wider > threshold) >= 0.5, f"only {np.mean(wider > threshold):.0%} of 3x wider fields flagged"
     _, _, accepted = service_answers(session(MODELS / f"{name}.onnx"), wide, classifier.card)
     assert np.mean(~accepted) >= 0.9, f"only {np.mean(~accepted):.0%} of 3x wider fields referred"
+
+
+def test_a_candidate_calibrated_on_validation_gets_the_calibration_that_evaluate_wrote(data_dir: Path):
+    """`python -m training.magnification --calibrate-on-validation` compares candidates on validation
+    before any test figure is read; what it fits must be what `dscnet evaluate` fits and ships, or the
+    candidate's referral figures would describe another service than the one it would become."""
+    pytest.importorskip("scipy", reason="the [train] extra is not installed")  # CI installs it
+    from training.magnification import calibrated_on_validation
+    from training.quantize import session
+
+    card, _ = load_model_card(MODELS / "dscnet.json")
+    blank = card.model_copy(update={"calibration": None})
+    fitted = calibrated_on_validation(blank, session(MODELS / "dscnet.onnx"), MODELS / "split.csv", data_dir)
+    assert fitted.calibration.temperature == pytest.approx(card.calibration.temperature, abs=1e-6)
+    assert fitted.calibration.refer_threshold == pytest.approx(card.calibration.refer_threshold, abs=1e-9)
+    assert fitted.familiarity == card.familiarity

@@ -55,6 +55,13 @@ def refer_threshold(labels: np.ndarray, probabilities: np.ndarray, target: float
     return best if best is not None else float(np.nextafter(1.0, 2.0))
 
 
+def fit_calibration(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float, float]:
+    """The temperature, then the referral threshold on the probabilities it calibrates: what `dscnet
+    evaluate` fits on the validation split and writes to the card."""
+    temperature = fit_temperature(labels, probabilities)
+    return temperature, refer_threshold(labels, apply_temperature(probabilities, temperature))
+
+
 def selective_report(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
     """Coverage (share accepted) and accuracy on the accepted and on the referred cases."""
     confidence = probabilities.max(axis=1)

@@ -22,8 +22,7 @@ from training.baseline import HistogramBaseline
 from training.calibrate import (
     TARGET_ACCEPTED_ACCURACY,
     apply_temperature,
-    fit_temperature,
-    refer_threshold,
+    fit_calibration,
     selective_report,
 )
 from training.context import context_audit
@@ -155,9 +154,8 @@ def calibrate(run: RunData, model: Predict, y_test: np.ndarray, test_probabiliti
     """Fit the temperature and the refer threshold on validation; measure both on test."""
     x_val, y_val, _ = run.dataset.subset("val")
     val_probabilities = model(x_val)
-    temperature = fit_temperature(y_val, val_probabilities)
+    temperature, threshold = fit_calibration(y_val, val_probabilities)
     val_calibrated = apply_temperature(val_probabilities, temperature)
-    threshold = refer_threshold(y_val, val_calibrated)
     calibrated = apply_temperature(test_probabilities, temperature)
     return {
         "method": "temperature scaling of the logits, fitted on the validation split (NLL)",
