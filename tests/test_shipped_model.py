@@ -103,12 +103,12 @@ def test_shipped_models_find_real_smears_familiar_and_grey_or_cut_out_ones_not(d
 
 
 def test_a_candidate_calibrated_on_validation_gets_the_calibration_that_evaluate_wrote(data_dir: Path):
-    """`python -m training.magnification --calibrate-on-validation` compares candidates on validation
+    """`--calibrate-on-validation` (training.magnification, training.referral) compares candidates on validation
     before any test figure is read; what it fits must be what `dscnet evaluate` fits and ships, or the
     candidate's referral figures would describe another service than the one it would become."""
     pytest.importorskip("scipy", reason="the [train] extra is not installed")  # CI installs it
-    from training.magnification import calibrated_on_validation
     from training.quantize import session
+    from training.referral import calibrated_on_validation
 
     card, _ = load_model_card(MODELS / "dscnet.json")
     blank = card.model_copy(update={"calibration": None})
@@ -116,3 +116,33 @@ def test_a_candidate_calibrated_on_validation_gets_the_calibration_that_evaluate
     assert fitted.calibration.temperature == pytest.approx(card.calibration.temperature, abs=1e-6)
     assert fitted.calibration.refer_threshold == pytest.approx(card.calibration.refer_threshold, abs=1e-9)
     assert fitted.familiarity == card.familiarity
+
+
+def test_the_shift_referral_table_gives_the_services_answers_under_every_audited_shift(data_dir: Path, tmp_path,
+                                                                                      capsys):
+    """`python -m training.referral` prints one row per audited shift; its unshifted row is what the
+    service's own rule gives for those images, counted image by image here."""
+    pytest.importorskip("scipy", reason="the [train] extra is not installed")  # CI installs it
+    from training.evaluate import audit_shifts
+    from training.quantize import read_split, session
+    from training.referral import main, service_answers
+
+    with (MODELS / "split.csv").open(encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = reader.fieldnames, list(reader)
+    kept = [row for split in ("train", "test") for class_id in CLASS_IDS
+            for row in [r for r in rows if r["split"] == split and r["class"] == class_id][:3]]
+    manifest = tmp_path / "small.csv"
+    with manifest.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+    main(["--manifest", str(manifest), "--data-dir", str(data_dir), "--split", "test"])
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "%" in line]
+    images, labels = read_split(manifest, data_dir, "test")
+    assert len(table) == 1 + len(audit_shifts(images, labels))
+    card, _ = load_model_card(MODELS / "dscnet.json")
+    probabilities, _, accepted = service_answers(session(MODELS / "dscnet.onnx"), images, card)
+    wrong = int(np.sum(accepted & (probabilities.argmax(axis=1) != labels)))
+    assert table[0].startswith("| none |")
+    assert table[0].endswith(f"| {accepted.sum()} of {len(images)} | {wrong} |"), table[0]

@@ -16,7 +16,7 @@ quality warning) and the model's unfamiliarity each flag. Prints figures; nothin
 
 A candidate model, exported but not yet evaluated, has no calibration from `dscnet evaluate`:
 `--calibrate-on-validation` fits the temperature and the referral threshold on the manifest's
-validation split as `dscnet evaluate` does (`training.calibrate.fit_calibration`) and uses them
+validation split as `dscnet evaluate` does (`training.referral.calibrated_on_validation`) and uses them
 instead of the card's, so candidates can be compared on validation without reading the test split.
 
     python -m training.magnification --model models/dscnet.onnx --manifest models/split.csv --split val
@@ -26,38 +26,23 @@ instead of the card's, so candidates can be compared on validation without readi
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
-from app.calibration import CardCalibration
-from app.model_card import ModelCard, load_model_card
-from training.calibrate import TARGET_ACCEPTED_ACCURACY, fit_calibration
-from training.cli import default_data_dir
-from training.quantize import read_split, run_outputs, session, split_rows
-from training.referral import service_answers, warning_codes
+from training.quantize import read_split, split_rows
+from training.referral import add_model_arguments, load_model, service_answers, warning_codes
 from training.shifts import narrower_field, wider_field
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("models/dscnet.onnx"))
-    parser.add_argument("--card", type=Path, help="model card with the calibration (default: the model's .json)")
-    parser.add_argument("--manifest", type=Path, default=Path("models/split.csv"))
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
-    parser.add_argument("--split", default="test")
+    add_model_arguments(parser)
     parser.add_argument("--wider", type=float, nargs="*", default=[1.25, 1.5, 2.0],
                         help="factors of 1 or more (given empty: none)")
     parser.add_argument("--narrower", type=float, nargs="*", default=[1.25, 1.5, 2.0],
                         help="factors of 1 or more (given empty: none)")
-    parser.add_argument("--calibrate-on-validation", action="store_true",
-                        help="fit the temperature and referral threshold on the manifest's validation split "
-                             "(as dscnet evaluate does) instead of using the card's")
     args = parser.parse_args(argv)
-    card, _ = load_model_card(args.card or args.model.with_suffix(".json"))
-    sess = session(args.model)
-    if args.calibrate_on_validation:
-        card = calibrated_on_validation(card, sess, args.manifest, args.data_dir)
+    card, sess = load_model(args)
     images, labels = read_split(args.manifest, args.data_dir, args.split)
     groups = [row["group"] for row in split_rows(args.manifest, args.split)]
     print(f"{len(images)} {args.split} images of {args.manifest}; model {args.model}")
@@ -76,19 +61,6 @@ def main(argv: list[str] | None = None) -> None:
                    else "(no such output)")
         print(f"| {name} | {scale:.2f}x | {100 * right.mean():.2f}% | {accepted.sum()} of {len(images)} "
               f"| {np.sum(accepted & ~right)} | {small} | {flagged} |", flush=True)
-
-
-def calibrated_on_validation(card: ModelCard, sess, manifest: Path, data_dir: Path) -> ModelCard:
-    """`card` with the temperature and referral threshold fitted on `manifest`'s validation split."""
-    images, labels = read_split(manifest, data_dir, "val")
-    (probabilities,) = run_outputs(sess, ["probabilities"], images)
-    temperature, threshold = fit_calibration(labels, probabilities)
-    print(f"calibration fitted on {len(images)} validation images: temperature {temperature:.6f}, "
-          f"refer threshold {threshold:.4f}")
-    calibration = CardCalibration(
-        method="temperature scaling of the logits, fitted on the validation split (NLL)",
-        temperature=temperature, refer_threshold=threshold, target_accepted_accuracy=TARGET_ACCEPTED_ACCURACY)
-    return card.model_copy(update={"calibration": calibration})
 
 
 if __name__ == "__main__":

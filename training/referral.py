@@ -4,17 +4,28 @@
 (`app.quality.assess_quality`) and, when the model has that output, the unfamiliarity
 (`training.familiarity`); the offline tools (`dscnet evaluate`, `python -m
 training.magnification`) call it the same way, so their "accepted" figures are the service's.
+
+Run as a module, it prints the service's answers under each audited acquisition change of the
+report (`training.evaluate.audit_shifts`): accuracy, how many the unfamiliarity flags, how many
+answers the service would accept and how many of those are wrong, the figure a lab cares about.
+
+    python -m training.referral --split test
+    python -m training.referral --model runs/cand/model.onnx --split val --calibrate-on-validation
 """
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 
-from app.calibration import Calibration, apply_temperature, refer
-from app.model_card import ModelCard
+from app.calibration import Calibration, CardCalibration, apply_temperature, refer
+from app.model_card import ModelCard, load_model_card
 from app.quality import assess_quality
-from training.quantize import run_outputs
+from training.calibrate import TARGET_ACCEPTED_ACCURACY, fit_calibration
+from training.quantize import read_split, run_outputs, session
 
 
 def warning_codes(images: np.ndarray) -> list[list[str]]:
@@ -40,3 +51,68 @@ def service_answers(session: ort.InferenceSession, images: np.ndarray, card: Mod
         for row, distance, image_codes in zip(calibrated, unfamiliarity, codes, strict=True)
     ])
     return calibrated, unfamiliarity, accepted
+
+
+def calibrated_on_validation(card: ModelCard, sess: ort.InferenceSession, manifest: Path,
+                             data_dir: Path) -> ModelCard:
+    """`card` with the temperature and referral threshold fitted on `manifest`'s validation split, as
+    `dscnet evaluate` fits them: for a candidate compared before its test figures are read."""
+    images, labels = read_split(manifest, data_dir, "val")
+    (probabilities,) = run_outputs(sess, ["probabilities"], images)
+    temperature, threshold = fit_calibration(labels, probabilities)
+    print(f"calibration fitted on {len(images)} validation images: temperature {temperature:.6f}, "
+          f"refer threshold {threshold:.4f}")
+    calibration = CardCalibration(
+        method="temperature scaling of the logits, fitted on the validation split (NLL)",
+        temperature=temperature, refer_threshold=threshold, target_accepted_accuracy=TARGET_ACCEPTED_ACCURACY)
+    return card.model_copy(update={"calibration": calibration})
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options the offline referral tools share: which model, card, split and calibration."""
+    from training.cli import default_data_dir
+
+    parser.add_argument("--model", type=Path, default=Path("models/dscnet.onnx"))
+    parser.add_argument("--card", type=Path,
+                        help="model card with the calibration (default: the model's .json)")
+    parser.add_argument("--manifest", type=Path, default=Path("models/split.csv"))
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--calibrate-on-validation", action="store_true",
+                        help="fit the temperature and referral threshold on the manifest's validation split "
+                             "(as dscnet evaluate does) instead of using the card's")
+
+
+def load_model(args: argparse.Namespace) -> tuple[ModelCard, ort.InferenceSession]:
+    """The card (recalibrated on validation when asked) and the session that `add_model_arguments` name."""
+    card, _ = load_model_card(args.card or args.model.with_suffix(".json"))
+    sess = session(args.model)
+    if args.calibrate_on_validation:
+        card = calibrated_on_validation(card, sess, args.manifest, args.data_dir)
+    return card, sess
+
+
+def main(argv: list[str] | None = None) -> None:
+    from training.evaluate import audit_shifts
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    args = parser.parse_args(argv)
+    card, sess = load_model(args)
+    images, labels = read_split(args.manifest, args.data_dir, args.split)
+    train_images, train_labels = read_split(args.manifest, args.data_dir, "train")
+    print(f"{len(images)} {args.split} images of {args.manifest}; model {args.model}")
+    print("| shift | accuracy | flagged unfamiliar | accepted (confident, no warning, familiar) "
+          "| accepted and wrong |")
+    print("|---|---:|---:|---:|---:|")
+    for name, shift in [("none", lambda x: x), *audit_shifts(train_images, train_labels)]:
+        probabilities, unfamiliarity, accepted = service_answers(sess, shift(images), card)
+        right = probabilities.argmax(axis=1) == labels
+        flagged = (f"{np.sum(unfamiliarity > card.familiarity.threshold)}" if card.familiarity is not None
+                   else "(no such output)")
+        print(f"| {name} | {100 * right.mean():.2f}% | {flagged} | {accepted.sum()} of {len(images)} "
+              f"| {np.sum(accepted & ~right)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
