@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from training.quantize import read_split, split_rows
-from training.referral import add_model_arguments, load_model, service_answers, warning_codes
+from training.referral import add_model_arguments, answer_cells, load_model, service_answers, warning_codes
 from training.shifts import narrower_field, wider_field
 
 
@@ -54,13 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     rows += [(f"{factor:g}x narrower", factor, narrower_field(images, factor)) for factor in args.narrower]
     for name, scale, shifted in rows:
         codes = warning_codes(shifted)
-        probabilities, unfamiliarity, accepted = service_answers(sess, shifted, card, codes)
-        right = probabilities.argmax(axis=1) == labels
+        answers = service_answers(sess, shifted, card, codes)
+        accuracy, flagged, accepted, wrong = answer_cells(card, labels, *answers)
         small = sum("cells_too_small" in image_codes for image_codes in codes)
-        flagged = (f"{np.sum(unfamiliarity > card.familiarity.threshold)}" if card.familiarity is not None
-                   else "(no such output)")
-        print(f"| {name} | {scale:.2f}x | {100 * right.mean():.2f}% | {accepted.sum()} of {len(images)} "
-              f"| {np.sum(accepted & ~right)} | {small} | {flagged} |", flush=True)
+        print(f"| {name} | {scale:.2f}x | {accuracy} | {accepted} | {wrong} | {small} | {flagged} |", flush=True)
 
 
 if __name__ == "__main__":

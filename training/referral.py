@@ -53,6 +53,16 @@ def service_answers(session: ort.InferenceSession, images: np.ndarray, card: Mod
     return calibrated, unfamiliarity, accepted
 
 
+def answer_cells(card: ModelCard, labels: np.ndarray, probabilities: np.ndarray, unfamiliarity: np.ndarray,
+                 accepted: np.ndarray) -> tuple[str, str, str, str]:
+    """The offline tables' cells for `service_answers`' results: accuracy, how many the unfamiliarity
+    flags, how many answers are accepted (of all), and how many of those are wrong."""
+    right = probabilities.argmax(axis=1) == labels
+    flagged = (f"{np.sum(unfamiliarity > card.familiarity.threshold)}" if card.familiarity is not None
+               else "(no such output)")
+    return (f"{100 * right.mean():.2f}%", flagged, f"{accepted.sum()} of {len(labels)}",
+            f"{np.sum(accepted & ~right)}")
+
 def calibrated_on_validation(card: ModelCard, sess: ort.InferenceSession, manifest: Path,
                              data_dir: Path) -> ModelCard:
     """`card` with the temperature and referral threshold fitted on `manifest`'s validation split, as
@@ -106,12 +116,9 @@ def main(argv: list[str] | None = None) -> None:
           "| accepted and wrong |")
     print("|---|---:|---:|---:|---:|")
     for name, shift in [("none", lambda x: x), *audit_shifts(train_images, train_labels)]:
-        probabilities, unfamiliarity, accepted = service_answers(sess, shift(images), card)
-        right = probabilities.argmax(axis=1) == labels
-        flagged = (f"{np.sum(unfamiliarity > card.familiarity.threshold)}" if card.familiarity is not None
-                   else "(no such output)")
-        print(f"| {name} | {100 * right.mean():.2f}% | {flagged} | {accepted.sum()} of {len(images)} "
-              f"| {np.sum(accepted & ~right)} |", flush=True)
+        answers = service_answers(sess, shift(images), card)
+        accuracy, flagged, accepted, wrong = answer_cells(card, labels, *answers)
+        print(f"| {name} | {accuracy} | {flagged} | {accepted} | {wrong} |", flush=True)
 
 
 if __name__ == "__main__":
