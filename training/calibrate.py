@@ -11,6 +11,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 TARGET_ACCEPTED_ACCURACY = 0.995
+#: how the card's calibration block says it was made (`fit_calibration`)
+CALIBRATION_METHOD = "temperature scaling of the logits, fitted on the validation split (NLL)"
 _EPS = 1e-12
 
 

@@ -20,6 +20,7 @@ from app.labels import CLASS_IDS
 from training import shifts
 from training.baseline import HistogramBaseline
 from training.calibrate import (
+    CALIBRATION_METHOD,
     TARGET_ACCEPTED_ACCURACY,
     apply_temperature,
     fit_calibration,
@@ -158,7 +159,7 @@ def calibrate(run: RunData, model: Predict, y_test: np.ndarray, test_probabiliti
     val_calibrated = apply_temperature(val_probabilities, temperature)
     calibrated = apply_temperature(test_probabilities, temperature)
     return {
-        "method": "temperature scaling of the logits, fitted on the validation split (NLL)",
+        "method": CALIBRATION_METHOD,
         "temperature": temperature,
         "refer_threshold": threshold,
         "target_accepted_accuracy": TARGET_ACCEPTED_ACCURACY,

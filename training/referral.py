@@ -24,7 +24,7 @@ import onnxruntime as ort
 from app.calibration import Calibration, CardCalibration, apply_temperature, refer
 from app.model_card import ModelCard, load_model_card
 from app.quality import assess_quality
-from training.calibrate import TARGET_ACCEPTED_ACCURACY, fit_calibration
+from training.calibrate import CALIBRATION_METHOD, TARGET_ACCEPTED_ACCURACY, fit_calibration
 from training.quantize import read_split, run_outputs, session
 
 
@@ -63,6 +63,7 @@ def answer_cells(card: ModelCard, labels: np.ndarray, probabilities: np.ndarray,
     return (f"{100 * right.mean():.2f}%", flagged, f"{accepted.sum()} of {len(labels)}",
             f"{np.sum(accepted & ~right)}")
 
+
 def calibrated_on_validation(card: ModelCard, sess: ort.InferenceSession, manifest: Path,
                              data_dir: Path) -> ModelCard:
     """`card` with the temperature and referral threshold fitted on `manifest`'s validation split, as
@@ -72,9 +73,8 @@ def calibrated_on_validation(card: ModelCard, sess: ort.InferenceSession, manife
     temperature, threshold = fit_calibration(labels, probabilities)
     print(f"calibration fitted on {len(images)} validation images: temperature {temperature:.6f}, "
           f"refer threshold {threshold:.4f}")
-    calibration = CardCalibration(
-        method="temperature scaling of the logits, fitted on the validation split (NLL)",
-        temperature=temperature, refer_threshold=threshold, target_accepted_accuracy=TARGET_ACCEPTED_ACCURACY)
+    calibration = CardCalibration(method=CALIBRATION_METHOD, temperature=temperature, refer_threshold=threshold,
+                                  target_accepted_accuracy=TARGET_ACCEPTED_ACCURACY)
     return card.model_copy(update={"calibration": calibration})
 
 
