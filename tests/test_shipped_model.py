@@ -82,15 +82,14 @@ def test_shipped_models_find_real_smears_familiar_and_grey_or_cut_out_ones_not(d
     wide (a 3x3 mosaic of one session's images, as training.magnification makes it) is referred by
     the service's whole rule (the cells_too_small warning, whatever the model, and the unfamiliarity)
     nearly always: what the service promises a lab with a lower-power objective."""
-    from training.quantize import session
+    from training.quantize import session, split_rows
     from training.referral import service_answers
     from training.shifts import wider_field
 
     classifier = load_classifier(MODELS / f"{name}.onnx", MODELS / f"{name}.json", threads=1)
     assert classifier.unfamiliarity_output == "unfamiliarity"
     threshold = classifier.card.familiarity.threshold
-    with (MODELS / "split.csv").open(encoding="utf-8") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["split"] == "test"][::12]  # 41 across the sessions
+    rows = split_rows(MODELS / "split.csv", "test")[::12]  # 41 across the sessions
     images = np.stack([decode_image((data_dir / row["file"]).read_bytes()) for row in rows])
     grey = np.repeat(np.round(images @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[..., None], 3, axis=-1)
     wide = wider_field(images, [row["group"] for row in rows], 3.0)
