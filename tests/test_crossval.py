@@ -65,3 +65,29 @@ def test_folds_command_writes_one_manifest_per_fold(tmp_path) -> None:
     written = sorted((tmp_path / "folds").glob("fold-*.csv"))
     assert [p.name for p in written] == ["fold-0.csv", "fold-1.csv", "fold-2.csv"]
     assert read_manifest(written[0]) == sorted(fold_manifests(samples(), 3)[0], key=lambda s: s.file)
+
+
+def test_dihedral_views_are_the_turns_and_flips_asked_for_with_the_corner_filled_first() -> None:
+    import numpy as np
+
+    from training.crossval import dihedral_views
+    from training.shifts import fill_corner
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)  # no symmetry: every view differs
+    assert dihedral_views(images, 1)[0] is images  # one view: the images as the service sees them
+    filled = fill_corner(images)
+    assert not np.array_equal(filled, images)
+    two = dihedral_views(images, 2)
+    assert np.array_equal(two[0], filled) and np.array_equal(two[1], filled.transpose(0, 2, 1, 3))
+    four = dihedral_views(images, 4)
+    for k, view in enumerate(four):
+        assert np.array_equal(view, np.rot90(filled, k, axes=(1, 2)))
+    eight = dihedral_views(images, 8)
+    assert len({view.tobytes() for view in eight}) == 8
+    # the 8 are the whole group: each one turned a quarter or transposed is again one of them
+    keys = {view.tobytes() for view in eight}
+    assert all(np.rot90(view, 1, axes=(1, 2)).tobytes() in keys for view in eight)
+    assert all(np.ascontiguousarray(view.transpose(0, 2, 1, 3)).tobytes() in keys for view in eight)
+    with pytest.raises(ValueError, match="one of"):
+        dihedral_views(images, 3)

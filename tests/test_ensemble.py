@@ -149,6 +149,27 @@ def test_crossval_fold_of_two_runs_is_scored_by_their_mean_probability(tmp_path,
     assert run_command("crossval", f"{runs[0]}+{runs[1]}", "--data-dir", str(data), "--json", str(out)) == 0
     assert [(r["members"], r["accuracy"]) for r in json.loads(out.read_text())] == [(2, 1.0)]
 
+    # with views, every member reads every turn and flip, and the mean over all of them decides: each
+    # member right with 0.7 on the images as they are (its first view), wrong with 0.6 on every turn
+    calls = []
+
+    def by_view(name, images):
+        first = not calls or calls[-1][0] != name
+        calls.append((name, images.shape))
+        return 0.7 * truth + 0.1 * wrong if first else 0.6 * wrong + 0.1 * truth
+
+    monkeypatch.setattr(training.model, "predict_probabilities", by_view)
+    assert held_out_accuracy(runs, data, views=1)["accuracy"] == 1.0
+    calls.clear()
+    row = held_out_accuracy([runs[0]], data, views=4)
+    assert row["views"] == 4 and row["accuracy"] == 0.0  # (0.7 + 3 x 0.1) / 4 < (0.1 + 3 x 0.6) / 4
+    assert [name for name, _ in calls] == [runs[0].name] * 4
+    calls.clear()
+    assert run_command("crossval", f"{runs[0]}+{runs[1]}", "--data-dir", str(data), "--views", "2", "--json",
+                       str(out)) == 0  # per member (0.7 + 0.1) / 2 > (0.1 + 0.6) / 2: right
+    assert [name for name, _ in calls] == [runs[0].name] * 2 + [runs[1].name] * 2
+    assert [(r["views"], r["accuracy"]) for r in json.loads(out.read_text())] == [(2, 1.0)]
+
     # runs of another fold (another split) are refused, not averaged
     other = tmp_path / "fold1-seed0"
     shutil.copytree(runs[1], other)

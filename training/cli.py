@@ -193,10 +193,13 @@ def run_crossval(args: argparse.Namespace) -> int:
     from training.crossval import held_out_accuracy
 
     try:
-        rows = [held_out_accuracy([Path(part) for part in fold.split("+")], args.data_dir) for fold in args.runs]
+        rows = [held_out_accuracy([Path(part) for part in fold.split("+")], args.data_dir, args.views)
+                for fold in args.runs]
     except ValueError as error:
         print(f"dscnet crossval: {error}", file=sys.stderr)
         return 2
+    if args.views > 1:
+        print(f"each image's probability averaged over {args.views} of its turns and flips")
     print("| run | held-out images | blocks | accuracy |\n|---|---:|---:|---:|")
     for row in rows:
         print(f"| {row['run']} | {row['images']} | {row['blocks']} | {100 * row['accuracy']:.2f}% |")
@@ -371,6 +374,8 @@ def add_commands(commands) -> None:
                           help="run folders, one per fold (train --manifest fold-k.csv); runs of one fold joined "
                                "by '+' (runs/a0+runs/a1) count as their mean probability, a seed ensemble")
     crossval.add_argument("--data-dir", type=Path, default=default_data_dir())
+    crossval.add_argument("--views", type=int, choices=(1, 2, 4, 8), default=1,
+                          help="average each image over this many of its turns and flips (test-time augmentation): 2 adds the transpose, 4 the quarter turns, 8 all")
     crossval.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     crossval.set_defaults(run=run_crossval)
 

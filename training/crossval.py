@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from training.data import Sample, load_manifest_dataset, read_manifest, write_manifest
+from training.shifts import fill_corner
 
 
 def fold_manifests(samples: list[Sample], folds: int, seed: int = 0) -> list[list[Sample]]:
@@ -56,20 +57,56 @@ def write_folds(manifest: Path, folds: int, out: Path, seed: int = 0) -> list[Pa
     return paths
 
 
-def held_out_accuracy(members: list[Path], data_dir: Path) -> dict:
+# the turns and flips `held_out_accuracy` can average over, by how many are asked for
+VIEW_SETS: dict[int, tuple[str, ...]] = {
+    1: ("as is",),
+    2: ("as is", "transposed"),
+    4: ("as is", "turned 90", "turned 180", "turned 270"),
+    8: ("as is", "turned 90", "turned 180", "turned 270", "transposed", "rows flipped", "columns flipped",
+        "anti-transposed"),
+}
+_VIEWS = {
+    "as is": lambda x: x,
+    "turned 90": lambda x: np.rot90(x, 1, axes=(1, 2)),
+    "turned 180": lambda x: x[:, ::-1, ::-1],
+    "turned 270": lambda x: np.rot90(x, 3, axes=(1, 2)),
+    "transposed": lambda x: x.transpose(0, 2, 1, 3),
+    "rows flipped": lambda x: x[:, ::-1],
+    "columns flipped": lambda x: x[:, :, ::-1],
+    "anti-transposed": lambda x: x[:, ::-1, ::-1].transpose(0, 2, 1, 3),
+}
+
+
+def dihedral_views(images: np.ndarray, count: int) -> list[np.ndarray]:
+    """NHWC `images` under `count` of their 8 turns and flips (VIEW_SETS). For more than one view the
+    scale-bar corner is filled first, as training fills it before any turn, so that no turn moves the
+    bar to where the model's filter does not mask it."""
+    if count not in VIEW_SETS:
+        raise ValueError(f"views must be one of {sorted(VIEW_SETS)}, not {count}")
+    if count == 1:
+        return [images]
+    filled = fill_corner(images)
+    return [np.ascontiguousarray(_VIEWS[name](filled)) for name in VIEW_SETS[count]]
+
+
+def held_out_accuracy(members: list[Path], data_dir: Path, views: int = 1) -> dict:
     """Accuracy on a fold's test blocks (run/split.csv) of a trained model (run/model.keras) or,
-    given several runs of that fold, of their mean probability: the fold as a seed ensemble."""
+    given several runs of that fold, of their mean probability: the fold as a seed ensemble. With
+    `views` above 1, each image's probability is also averaged over that many of its turns and flips
+    (test-time augmentation, `dihedral_views`)."""
     from training.model import load_keras_model, predict_probabilities  # imports Keras
 
     manifests = {(run / "split.csv").read_bytes() for run in members}
     if len(manifests) > 1:
         raise ValueError(f"runs of different folds cannot be averaged: {' + '.join(map(str, members))}")
     dataset = load_manifest_dataset(data_dir, members[0] / "split.csv", splits=("test",))
-    probabilities = np.mean([predict_probabilities(load_keras_model(run / "model.keras"), dataset.images)
-                             for run in members], axis=0)
+    turned = dihedral_views(dataset.images, views)
+    probabilities = np.mean([predict_probabilities(model, view)
+                             for model in (load_keras_model(run / "model.keras") for run in members)
+                             for view in turned], axis=0)
     labels = np.array([s.label for s in dataset.samples])
     right = probabilities.argmax(axis=1) == labels
     groups = sorted({s.group for s in dataset.samples})
-    return {"run": "+".join(run.name for run in members), "members": len(members), "images": int(len(labels)),
-            "blocks": len(groups), "accuracy": float(right.mean()),
+    return {"run": "+".join(run.name for run in members), "members": len(members), "views": views,
+            "images": int(len(labels)), "blocks": len(groups), "accuracy": float(right.mean()),
             "per_class": {c: float(right[labels == c].mean()) for c in sorted(set(labels.tolist()))}}
