@@ -375,7 +375,8 @@ def add_commands(commands) -> None:
                                "by '+' (runs/a0+runs/a1) count as their mean probability, a seed ensemble")
     crossval.add_argument("--data-dir", type=Path, default=default_data_dir())
     crossval.add_argument("--views", type=int, choices=(1, 2, 4, 8), default=1,
-                          help="average each image over this many of its turns and flips (test-time augmentation): 2 adds the transpose, 4 the quarter turns, 8 all")
+                          help="average each image over this many of its turns and flips (test-time "
+                               "augmentation): 2 adds the transpose, 4 the quarter turns, 8 all")
     crossval.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     crossval.set_defaults(run=run_crossval)
 
