@@ -42,9 +42,10 @@ def test_the_version_that_export_writes_is_the_shipped_models():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_classifies_held_out_real_images(data_dir: Path, name: str):
+    from training.quantize import split_rows
+
     classifier = load_classifier(MODELS / f"{name}.onnx", MODELS / f"{name}.json", threads=1)
-    with (MODELS / "split.csv").open(encoding="utf-8") as handle:
-        test_rows = [row for row in csv.DictReader(handle) if row["split"] == "test"]
+    test_rows = split_rows(MODELS / "split.csv", "test")
     right, findings = 0, []
     for class_id in CLASS_IDS:
         rows = [row for row in test_rows if row["class"] == class_id]
