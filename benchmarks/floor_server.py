@@ -30,16 +30,12 @@ HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(A
 async def raw(scope, receive, send) -> None:
     """ASGI without a framework: drain the request body, answer ANSWER (GET /health/ready too)."""
     if scope["type"] == "lifespan":
-        while (message := await receive())["type"] != "lifespan.shutdown":
+        while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
         return
-    received = 0
-    more = True
-    while more:
-        message = await receive()
-        received += len(message.get("body", b""))
-        more = message.get("more_body", False)
+    while (await receive()).get("more_body", False):
+        pass
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send({"type": "http.response.body", "body": ANSWER})
 
