@@ -21,21 +21,17 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks"), str(REPO_ROOT / "tests")]
 
-from bench_compare import DEFAULT_DATA, dataset_images, dscnet_server, with_cpu  # noqa: E402
+from bench_compare import DEFAULT_DATA, dataset_images, dscnet_server  # noqa: E402
+from bench_floor import measure  # noqa: E402
 from helpers_onnx import build_tiny_model, write_card  # noqa: E402
-from loadgen import multipart_request, run_load  # noqa: E402
 
 
 def cpu_ms_per_request(src: Path, model: Path, images: list[tuple[str, bytes]], clients: int,
                        seconds: float) -> tuple[float, float]:
     """(server CPU ms per answered /predict, requests/s) for `dscnet serve` from `src`."""
     with dscnet_server(src, model, {}) as server:
-        host = server.url.removeprefix("http://")
-        requests = [multipart_request("/predict", "image", [image], host) for image in images]
-        run_load(server.url, requests, clients, 2.0, warm_up_s=0)  # warm: threads, caches, allocator
-        result = with_cpu(server, lambda: run_load(server.url, requests, clients, seconds, warm_up_s=0))
-        answered = len(result.latencies_s)
-        return 1000 * result.server_cpu_s / max(answered, 1), answered / seconds
+        floor = measure(server, src.name, images, clients, seconds)
+    return floor.server_cpu_ms, floor.requests_per_s
 
 
 def main() -> None:
