@@ -8,7 +8,6 @@ broken pipeline (channels swapped, wrong scaling, a card for another model) read
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -123,20 +122,16 @@ def test_the_shift_referral_table_gives_the_services_answers_under_every_audited
     """`python -m training.referral` prints one row per audited shift; its unshifted row is what the
     service's own rule gives for those images, counted image by image here."""
     pytest.importorskip("scipy", reason="the [train] extra is not installed")  # CI installs it
+    from training.data import read_manifest, write_manifest
     from training.evaluate import audit_shifts
     from training.quantize import read_split, session
     from training.referral import main, service_answers
 
-    with (MODELS / "split.csv").open(encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        fields, rows = reader.fieldnames, list(reader)
-    kept = [row for split in ("train", "test") for class_id in CLASS_IDS
-            for row in [r for r in rows if r["split"] == split and r["class"] == class_id][:3]]
+    samples = read_manifest(MODELS / "split.csv")
+    kept = [sample for split in ("train", "test") for class_id in CLASS_IDS
+            for sample in [s for s in samples if s.split == split and s.class_id == class_id][:3]]
     manifest = tmp_path / "small.csv"
-    with manifest.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(kept)
+    write_manifest(kept, manifest)
     main(["--manifest", str(manifest), "--data-dir", str(data_dir), "--split", "test"])
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "%" in line]
     images, labels = read_split(manifest, data_dir, "test")
