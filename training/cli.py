@@ -67,7 +67,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     dscnet_only = (("--filter-space", args.filter_space, "keeps the optical-density filter"),
                    ("--filter-epsilon", args.filter_epsilon, "keeps the optical-density filter"),
-                   ("--stem-strides", args.stem_strides, "has a stem of its own"))
+                   ("--stem-strides", args.stem_strides, "has a stem of its own"),
+                   ("--input-pool", args.input_pool, "sees the full field"))
     for option, value, because in dscnet_only:
         if args.arch != "dscnet" and value is not None:
             raise SystemExit(f"{option} applies to dscnet only; {args.arch} {because}")
@@ -80,7 +81,8 @@ def run_train(args: argparse.Namespace) -> int:
                          context_swap=args.context_swap, narrow_field_share=args.narrow_field_share,
                          model=DSCNetConfig(filter_space=args.filter_space or recipe.FILTER_SPACE,
                                             filter_epsilon=args.filter_epsilon or recipe.FILTER_EPSILON,
-                                            stem_strides=tuple(args.stem_strides or recipe.STEM_STRIDES)))
+                                            stem_strides=tuple(args.stem_strides or recipe.STEM_STRIDES),
+                                            input_pool=args.input_pool or recipe.INPUT_POOL))
     try:
         folder = train(config)
     except DatasetError as err:
@@ -321,6 +323,9 @@ def add_commands(commands) -> None:
     train.add_argument("--stem-strides", type=int, nargs=2, choices=(1, 2), default=None, metavar="STRIDE",
                        help="strides of DSCNet's two stem convolutions; 1 2 keeps the first at full resolution "
                             f"and max-pools after the second (default {' '.join(map(str, recipe.STEM_STRIDES))})")
+    train.add_argument("--input-pool", type=int, choices=(1, 2, 4), default=None, metavar="N",
+                       help="average the filtered 224 x 224 field over N x N pixels before DSCNet's stem: the "
+                            f"network then works at 224 / N, at about 1 / N^2 of the compute (default {recipe.INPUT_POOL})")
     train.add_argument("--manifest", type=Path, default=None,
                        help="train on this split manifest (e.g. models/split.csv) instead of drawing a split; "
                             "only its training and validation images need to be in --data-dir")

@@ -44,7 +44,7 @@ from keras import layers, ops
 
 from app.imaging import IMAGE_SIZE
 from app.labels import CLASS_IDS
-from training.recipe import FILTER_EPSILON, FILTER_SPACE, FILTER_SPACES, STEM_STRIDES
+from training.recipe import FILTER_EPSILON, FILTER_SPACE, FILTER_SPACES, INPUT_POOL, STEM_STRIDES
 from training.shifts import CORNER_HEIGHT, CORNER_WIDTH, LAB_FROM_LOGLMS, LMS_FROM_RGB
 
 
@@ -105,6 +105,9 @@ class DSCNetConfig:
     # the stem's convolution strides; (1, 2) keeps the first convolution at full resolution (cell
     # texture at the pixel scale) and max-pools after the second, so the blocks see the same 56x56
     stem_strides: tuple[int, int] = STEM_STRIDES
+    # the filtered field averaged over input_pool x input_pool pixels before the stem (1: none); the
+    # input stays 224 x 224, the network behind the filter works at 224 / input_pool
+    input_pool: int = INPUT_POOL
     block_layers: tuple[int, ...] = (3, 4, 6, 6)
     growth_rates: tuple[int, ...] = (12, 12, 16, 24)
     compression: float = 0.5
@@ -130,6 +133,10 @@ def build_dscnet(config: DSCNetConfig = DSCNetConfig(), num_classes: int = len(C
     x = SmearFilter(colour_space=config.filter_space, epsilon=config.filter_epsilon, name="smear_filter")(pixels)
     if len(config.stem_strides) != len(config.stem_filters) or any(s not in (1, 2) for s in config.stem_strides):
         raise ValueError(f"stem_strides must give 1 or 2 for each stem convolution, not {config.stem_strides}")
+    if config.input_pool not in (1, 2, 4) or size % config.input_pool:
+        raise ValueError(f"input_pool must be 1, 2 or 4 and divide the input side, not {config.input_pool}")
+    if config.input_pool > 1:
+        x = layers.AveragePooling2D(config.input_pool, name="input_pool")(x)
     for i, (filters, stride) in enumerate(zip(config.stem_filters, config.stem_strides, strict=True)):
         x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"stem_conv{i}")(x)
         x = layers.BatchNormalization(name=f"stem_bn{i}")(x)

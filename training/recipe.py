@@ -38,3 +38,7 @@ EARLIER_FILTER_EPSILON = 1e-3
 # full resolution (training.model.DSCNetConfig.stem_strides), tried in round v17 and not shipped
 # (models/selection-notes.md)
 STEM_STRIDES = (2, 2)
+# DSCNet's view of the filtered field: averaged over INPUT_POOL x INPUT_POOL pixels before the stem
+# (training.model.DSCNetConfig.input_pool): 1, every shipped model through 2.6.0; 2 (the stem at 112 x 112,
+# a quarter of the compute) is round v23's candidate (models/selection-notes.md)
+INPUT_POOL = 1
