@@ -135,6 +135,23 @@ def test_fine_stem_keeps_full_resolution_first_and_the_blocks_at_a_quarter_of_th
         build_dscnet(dataclasses.replace(DSCNetConfig.tiny(), stem_strides=(3, 1)))
 
 
+def test_an_input_pool_averages_the_filtered_field_before_the_stem():
+    pooled = build_dscnet(dataclasses.replace(DSCNetConfig.tiny(), input_pool=2))
+    usual = build_dscnet(DSCNetConfig.tiny())
+    assert pooled.input_shape == usual.input_shape == (None, 224, 224, 3)  # the contract is unchanged
+    assert pooled.get_layer("stem_conv0").output.shape[1:3] == (56, 56)
+    assert pooled.get_layer("block0_l0_concat").output.shape[1:3] == (28, 28)
+    assert pooled.count_params() == usual.count_params()
+    # what the stem sees is the mean of each 2x2 square of the filter's output
+    field = smear_like(1).astype("float32")
+    filtered = np.asarray(keras.Model(pooled.input, pooled.get_layer("smear_filter").output)(field))
+    averaged = np.asarray(keras.Model(pooled.input, pooled.get_layer("input_pool").output)(field))
+    np.testing.assert_allclose(averaged, filtered.reshape(1, 112, 2, 112, 2, 3).mean(axis=(2, 4)), atol=1e-5)
+    for wrong in (3, 0):
+        with pytest.raises(ValueError, match="input_pool"):
+            build_dscnet(dataclasses.replace(DSCNetConfig.tiny(), input_pool=wrong))
+
+
 def test_dscnet_structure_follows_the_paper():
     model = build_dscnet(DSCNetConfig.tiny())
     names = [layer.name for layer in model.layers]

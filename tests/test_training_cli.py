@@ -33,6 +33,7 @@ def test_train_command_defaults_are_the_recipe_that_training_uses(tmp_path):
                      recipe.CONTEXT_SWAP, recipe.NARROW_FIELD_SHARE) == (20, 0.4, 2.0, 0.15, 0.5, 0.2)
     assert args.filter_space is None and recipe.FILTER_SPACE == "lab"  # None: the recipe's, for DSCNet only
     assert args.stem_strides is None and recipe.STEM_STRIDES == (2, 2)
+    assert args.input_pool is None and recipe.INPUT_POOL == 1
     assert args.filter_epsilon is None and recipe.FILTER_EPSILON == 1e-6
 
     pytest.importorskip("keras", reason="the [train] extra is not installed")  # CI installs it
@@ -44,12 +45,13 @@ def test_train_command_defaults_are_the_recipe_that_training_uses(tmp_path):
             config.context_swap, config.narrow_field_share) == shown
     assert config.model.filter_space == recipe.FILTER_SPACE
     assert config.model.stem_strides == recipe.STEM_STRIDES
+    assert config.model.input_pool == recipe.INPUT_POOL
     assert config.model.filter_epsilon == recipe.FILTER_EPSILON
     layer = augment.SmearAugment(seed=0)
     assert (layer.blur_share, layer.blur_sigma_max) == shown[1:3]
 
 
-@pytest.mark.parametrize("option", [["--filter-space", "lab"], ["--stem-strides", "1", "2"],
+@pytest.mark.parametrize("option", [["--filter-space", "lab"], ["--stem-strides", "1", "2"], ["--input-pool", "2"],
                                     ["--filter-epsilon", "1e-6"]])
 def test_dscnet_options_with_another_architecture_are_refused_not_ignored(option, tmp_path, capsys):
     pytest.importorskip("keras", reason="the [train] extra is not installed")  # CI installs it
