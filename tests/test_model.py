@@ -152,6 +152,24 @@ def test_an_input_pool_averages_the_filtered_field_before_the_stem():
             build_dscnet(dataclasses.replace(DSCNetConfig.tiny(), input_pool=wrong))
 
 
+def test_heatmaps_export_when_a_block_is_not_a_whole_fraction_of_the_first(tmp_path):
+    # pooled, four blocks of 28, 14, 7 and 3: tf2onnx's Resize by scales made 27 rows of 3 x 28 / 3,
+    # which onnxruntime refused to add to the other maps; the fixed-matrix resize carries the size
+    from training.model import BilinearResize
+
+    maps = np.random.default_rng(0).normal(size=(2, 3, 7, 4)).astype("float32")
+    np.testing.assert_allclose(np.asarray(BilinearResize((28, 27))(maps)),
+                               np.asarray(keras.layers.Resizing(28, 27, interpolation="bilinear")(maps)), atol=1e-5)
+    config = dataclasses.replace(DSCNetConfig.tiny(), input_pool=2, block_layers=(1, 1, 1, 1), growth_rates=(4,) * 4)
+    model = build_dscnet(config)
+    assert model.get_layer("block3_gap").input.shape[1:3] == (3, 3)
+    images = smear_like(32).astype("float32")
+    record = export_onnx(model, tmp_path / "pooled.onnx", images)
+    assert max(record["max_abs_difference"].values()) <= PARITY_TOLERANCE
+    session = ort.InferenceSession(str(tmp_path / "pooled.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(["class_activation"], {"image": images[:2]})[0].shape == (2, 28, 28, 4)
+
+
 def test_dscnet_structure_follows_the_paper():
     model = build_dscnet(DSCNetConfig.tiny())
     names = [layer.name for layer in model.layers]

@@ -175,6 +175,46 @@ def _transition(x, config: DSCNetConfig, name: str):
     return layers.AveragePooling2D(2, name=f"{name}_pool")(x)
 
 
+def bilinear_matrix(source: int, target: int) -> np.ndarray:
+    """(target, source) weights of bilinear resizing with half-pixel centres, edges clamped (as
+    `tf.image.resize` and Keras's `Resizing` without antialiasing)."""
+    matrix = np.zeros((target, source), dtype=np.float32)
+    for i in range(target):
+        position = min(max((i + 0.5) * source / target - 0.5, 0.0), source - 1.0)
+        low = int(np.floor(position))
+        high = min(low + 1, source - 1)
+        matrix[i, low] += 1.0 - (position - low)
+        matrix[i, high] += position - low
+    return matrix
+
+
+@keras.saving.register_keras_serializable(package="dscnet")
+class BilinearResize(layers.Layer):
+    """Bilinear resizing of (N, h, w, C) maps to a fixed size, as two products with fixed matrices.
+
+    The same values as Keras's `Resizing(bilinear)`, but the ONNX graph carries the output size
+    itself: tf2onnx turns `Resizing` into an ONNX Resize by scales, and a scale that is not a whole
+    number (28 / 3) gives one row less than asked (27), which onnxruntime then refuses to add to
+    the other blocks' maps.
+    """
+
+    def __init__(self, size: tuple[int, int], **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        self.size = tuple(int(n) for n in size)
+
+    def call(self, maps):
+        rows = bilinear_matrix(maps.shape[1], self.size[0])
+        columns = bilinear_matrix(maps.shape[2], self.size[1])
+        maps = ops.einsum("Hh,nhwc->nHwc", ops.convert_to_tensor(rows), maps)
+        return ops.einsum("Ww,nHwc->nHWc", ops.convert_to_tensor(columns), maps)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.size, input_shape[3])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "size": list(self.size)}
+
+
 def with_class_activation(model: keras.Model, name: str | None = None) -> keras.Model:
     """The same network with a second output, "class_activation": (N, h0, w0, classes) maps.
 
@@ -196,7 +236,7 @@ def with_class_activation(model: keras.Model, name: str | None = None) -> keras.
         project.set_weights([kernel[offset:offset + channels][None, None]])
         offset += channels
         if tuple(features.shape[1:3]) != size:
-            block_map = layers.Resizing(*size, interpolation="bilinear", name=f"{layer.name}_cam_resize")(block_map)
+            block_map = BilinearResize(size, name=f"{layer.name}_cam_resize")(block_map)
         maps.append(block_map)
     activation = layers.Add(name="class_activation")(maps) if len(maps) > 1 else maps[0]
     return keras.Model(model.input, [model.output, activation], name=name or f"{model.name}_with_cam")
