@@ -40,5 +40,6 @@ EARLIER_FILTER_EPSILON = 1e-3
 STEM_STRIDES = (2, 2)
 # DSCNet's view of the filtered field: averaged over INPUT_POOL x INPUT_POOL pixels before the stem
 # (training.model.DSCNetConfig.input_pool): 1, every shipped model through 2.6.0; 2 (the stem at 112 x 112,
-# a quarter of the compute) is round v23's candidate (models/selection-notes.md)
+# a quarter of the compute) was round v23's candidate: it read 1.5x-3x wider fields worse, accepted 6
+# wrong answers at 1.5x wider on validation against 2.6.0's 1, and did not ship (models/selection-notes.md)
 INPUT_POOL = 1
