@@ -71,3 +71,13 @@ def test_comparison_table_has_a_row_per_model_with_its_recipe(tmp_path):
         "## Observations\n\nDarknet overfits.\n")
     plot([_row("dscnet", 0.9339, 0.5), _row("lenet5", 0.80, None)], tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_the_plain_cnn_at_128_resizes_the_filtered_field_and_keeps_the_input(tmp_path):
+    model = build_architecture("plain-cnn-128")
+    assert model.input_shape == (None, 224, 224, 3)
+    assert model.get_layer("resize").output.shape[1:3] == (128, 128)
+    assert model.get_layer("conv0_conv").output.shape[1:3] == (64, 64)
+    images = smear_like(32).astype("float32")
+    record = export_onnx(model, tmp_path / "plain128.onnx", images, tolerance=COMPARISON_TOLERANCE)
+    assert max(record["max_abs_difference"].values()) <= COMPARISON_TOLERANCE

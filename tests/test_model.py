@@ -157,9 +157,13 @@ def test_heatmaps_export_when_a_block_is_not_a_whole_fraction_of_the_first(tmp_p
     # which onnxruntime refused to add to the other maps; the fixed-matrix resize carries the size
     from training.model import BilinearResize
 
-    maps = np.random.default_rng(0).normal(size=(2, 3, 7, 4)).astype("float32")
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(2, 3, 7, 4)).astype("float32")
     np.testing.assert_allclose(np.asarray(BilinearResize((28, 27))(maps)),
                                np.asarray(keras.layers.Resizing(28, 27, interpolation="bilinear")(maps)), atol=1e-5)
+    field = rng.normal(size=(1, 224, 224, 3)).astype("float32")  # shrinking: antialiased, as TensorFlow's
+    np.testing.assert_allclose(np.asarray(BilinearResize((128, 112))(field)), np.asarray(
+        keras.layers.Resizing(128, 112, interpolation="bilinear", antialias=True)(field)), atol=1e-4)
     config = dataclasses.replace(DSCNetConfig.tiny(), input_pool=2, block_layers=(1, 1, 1, 1), growth_rates=(4,) * 4)
     model = build_dscnet(config)
     assert model.get_layer("block3_gap").input.shape[1:3] == (3, 3)

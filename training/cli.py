@@ -17,7 +17,7 @@ from training import recipe
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Kept in step with training.architectures.ARCHITECTURES (which imports Keras; this module must not).
-ARCHITECTURE_NAMES = ("dscnet", "lenet5", "vgg16-bn-w0.125", "darknet53-w0.125", "plain-cnn")
+ARCHITECTURE_NAMES = ("dscnet", "lenet5", "vgg16-bn-w0.125", "darknet53-w0.125", "plain-cnn", "plain-cnn-128")
 MISSING_EXTRA = "dscnet {command}: this command needs the training extra; install it with: pip install -e '.[train]'"
 
 

@@ -176,26 +176,31 @@ def _transition(x, config: DSCNetConfig, name: str):
 
 
 def bilinear_matrix(source: int, target: int) -> np.ndarray:
-    """(target, source) weights of bilinear resizing with half-pixel centres, edges clamped (as
-    `tf.image.resize` and Keras's `Resizing` without antialiasing)."""
-    matrix = np.zeros((target, source), dtype=np.float32)
+    """(target, source) weights of bilinear resizing with half-pixel centres, antialiased when
+    shrinking (the triangle widened by source / target, as `tf.image.resize(..., antialias=True)`);
+    when enlarging, plain bilinear with the edges clamped (as Keras's `Resizing`)."""
+    scale = min(target / source, 1.0)  # the triangle's width in source pixels is 1 / scale
+    matrix = np.zeros((target, source), dtype=np.float64)
     for i in range(target):
-        position = min(max((i + 0.5) * source / target - 0.5, 0.0), source - 1.0)
-        low = int(np.floor(position))
-        high = min(low + 1, source - 1)
-        matrix[i, low] += 1.0 - (position - low)
-        matrix[i, high] += position - low
-    return matrix
+        centre = (i + 0.5) * source / target  # in source pixels, from the first pixel's left edge
+        first = max(int(np.floor(centre - 1.0 / scale)), 0)
+        last = min(int(np.ceil(centre + 1.0 / scale)), source)
+        for j in range(first, last):
+            matrix[i, j] = max(0.0, 1.0 - abs((j + 0.5 - centre) * scale))
+        matrix[i] /= matrix[i].sum()
+    return matrix.astype(np.float32)
 
 
 @keras.saving.register_keras_serializable(package="dscnet")
 class BilinearResize(layers.Layer):
-    """Bilinear resizing of (N, h, w, C) maps to a fixed size, as two products with fixed matrices.
+    """Bilinear resizing of (N, h, w, C) maps to a fixed size, as two products with fixed matrices
+    (`bilinear_matrix`), antialiased when shrinking.
 
-    The same values as Keras's `Resizing(bilinear)`, but the ONNX graph carries the output size
-    itself: tf2onnx turns `Resizing` into an ONNX Resize by scales, and a scale that is not a whole
-    number (28 / 3) gives one row less than asked (27), which onnxruntime then refuses to add to
-    the other blocks' maps.
+    The same values as Keras's `Resizing(bilinear, antialias=True)`, but exportable and with the
+    output size in the ONNX graph itself: tf2onnx turns `Resizing` into an ONNX Resize by scales,
+    and a scale that is not a whole number (28 / 3) gives one row less than asked (27), which
+    onnxruntime then refuses to add to the other blocks' maps; and it cannot convert the
+    antialiased kind (TensorFlow's ScaleAndTranslate) at all.
     """
 
     def __init__(self, size: tuple[int, int], **kwargs):
