@@ -81,3 +81,6 @@ def test_the_plain_cnn_at_128_resizes_the_filtered_field_and_keeps_the_input(tmp
     images = smear_like(32).astype("float32")
     record = export_onnx(model, tmp_path / "plain128.onnx", images, tolerance=COMPARISON_TOLERANCE)
     assert max(record["max_abs_difference"].values()) <= COMPARISON_TOLERANCE
+    model.save(tmp_path / "plain128.keras")  # and it reloads, as crossval and export read runs
+    reloaded = keras.saving.load_model(tmp_path / "plain128.keras", compile=False)
+    np.testing.assert_allclose(np.asarray(reloaded(images[:2])), np.asarray(model(images[:2])), atol=1e-6)

@@ -204,6 +204,7 @@ class BilinearResize(layers.Layer):
     """
 
     def __init__(self, size: tuple[int, int], **kwargs):
+        kwargs.pop("trainable", None)  # fixed weights: never trainable, also when reloaded
         super().__init__(trainable=False, **kwargs)
         self.size = tuple(int(n) for n in size)
 
