@@ -24,6 +24,9 @@ rest open; our choices, each for this 2-core CPU budget and this dataset:
   a full-resolution stem was a third of all compute. With this stem and these blocks
   (292K parameters) a training step of 20 images takes 0.33 s here; the first layout we
   tried (4, 6, 8, 6 layers, 493K parameters) took 1.0 s, too slow for 20 epochs in budget.
+  `DSCNetConfig.input_pool` 2 (`dscnet train --input-pool 2`) averages the filtered field to
+  112 x 112 before the stem, a quarter of the compute; it read wider fields of view worse and
+  did not ship (round v23, models/selection-notes.md).
 - Four dense blocks (3, 4, 6, 6 layers; growth 12, 12, 16, 24), each layer BN-ReLU-conv3x3
   seeing the concatenation of all earlier feature maps of its block; transitions
   BN-LeakyReLU-conv1x1 (compression 0.5) and 2x2 average pooling.
