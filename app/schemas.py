@@ -159,6 +159,7 @@ _ERROR_EXAMPLES: list[tuple[int, str, str]] = [  # (status, code, detail); {fiel
     (422, "extra_file", "more than one file in the field 'image'; use /predict-batch"),
     (422, "unexpected_field", "the field 'note' is not read by this endpoint; send the image(s) in '{field}' only"),
     (422, "unexpected_parameter", "'patient_id' is not a query parameter of this endpoint (it reads explain, format)"),
+    (422, "repeated_parameter", "'format' is given more than once ('json', 'hl7'); send it once"),
     (422, "image_too_small", "the image is 24x24 pixels; its shorter side must be at least 32 (it is centre-cropped "
      "to a square and resized to 224x224); send the full microscope field, not a thumbnail"),
     (503, "model_not_ready", "the model is not loaded yet"),

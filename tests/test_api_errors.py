@@ -262,6 +262,15 @@ def test_a_query_parameter_the_endpoint_does_not_read_is_422(client: TestClient,
     assert f"'{name}' is not a query parameter of this endpoint ({reads})" in error["detail"]
 
 
+@pytest.mark.parametrize("query", ["format=json&format=hl7", "explain=true&explain=false", "format=json&format=json"])
+def test_a_query_parameter_given_twice_is_422_not_the_last_one_kept(client: TestClient, query: str) -> None:
+    response = client.post(f"/predict?{query}", files={"image": ("a.png", images.solid((0, 0, 255)), "image/png")})
+    name, first = query.split("&")[0].split("=")
+    second = query.split("&")[1].split("=")[1]
+    error = assert_error(response, 422, "repeated_parameter", field=name)
+    assert error["detail"] == f"'{name}' is given more than once ('{first}', '{second}'); send it once"
+
+
 def test_the_query_parameters_an_endpoint_reads_still_work(client: TestClient) -> None:
     image = {"image": ("a.png", images.solid((0, 0, 255)), "image/png")}
     assert client.post("/predict?format=json&explain=false", files=image).json()["label"] == "pre_b"

@@ -65,7 +65,9 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 async def refuse_unknown_query(request: Request) -> None:
-    """A query parameter the route does not read is a 422 `unexpected_parameter`, not ignored.
+    """A query parameter the route does not read is a 422 `unexpected_parameter`, not ignored;
+    one given twice is a 422 `repeated_parameter` (every one the service reads takes one value,
+    and FastAPI would keep the last: `?format=json&format=hl7` answered HL7 without a word).
 
     A LIS integration that sends `?patient_id=...` (a header here) would otherwise get an HL7
     message without the patient and no word why. Runs before the body is read.
@@ -74,6 +76,7 @@ async def refuse_unknown_query(request: Request) -> None:
         return
     route: APIRoute = request.scope["route"]
     names = _query_parameters(route.dependant)  # a few microseconds, only when a query is sent
+    seen: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
         if name not in names:
             reads = f"it reads {', '.join(sorted(names))}" if names else "it takes none"
@@ -81,6 +84,12 @@ async def refuse_unknown_query(request: Request) -> None:
                 "type": "unexpected_parameter", "loc": ("query", name), "input": value,
                 "msg": f"{name!r} is not a query parameter of this endpoint ({reads})",
             }])
+        if name in seen:
+            raise RequestValidationError([{
+                "type": "repeated_parameter", "loc": ("query", name), "input": [seen[name], value],
+                "msg": f"{name!r} is given more than once ({seen[name]!r}, {value!r}); send it once",
+            }])
+        seen[name] = value
 
 
 def _query_parameters(dependant: Dependant) -> set[str]:
