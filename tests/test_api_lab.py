@@ -162,6 +162,8 @@ def test_explain_is_documented_with_its_headers(tmp_path: Path) -> None:
         predict["responses"]["200"]["content"])
     assert "406" in predict["responses"]
     assert {"format", "explain", "x-patient-id", "x-order-id"} <= {p["name"] for p in predict["parameters"]}
+    patient = next(p for p in predict["parameters"] if p["name"] == "x-patient-id")
+    assert "pattern" in str(patient["schema"]) and "64" in str(patient["schema"])  # documented, checked by answer_format
 
 
 def test_the_lab_fields_are_counted_and_logged_without_patient_ids(tmp_path: Path, caplog) -> None:

@@ -255,6 +255,26 @@ def test_an_unknown_format_is_422(lab_client) -> None:
 def test_unsafe_lis_ids_are_422_and_not_echoed(lab_client, value: str) -> None:
     response = post(lab_client, params={"format": "hl7"}, headers={"X-Patient-ID": value})
     assert response.status_code == 422 and value not in response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_lis_id" and error["field"] == "x-patient-id"
+    assert error["detail"].startswith("X-Patient-ID must be 1 to 64 printable ASCII characters")
+
+
+def test_a_non_ascii_lis_id_is_422_not_echoed_garbled(lab_client) -> None:
+    # HTTP headers arrive as Latin-1: UTF-8 "été" was accepted and echoed as "Ã©tÃ©" in PID-3
+    response = post(lab_client, params={"format": "hl7"}, headers=[("X-Patient-ID", "été".encode())])
+    assert response.status_code == 422 and response.json()["error"]["field"] == "x-patient-id"
+    assert "Ã" not in response.text and "with characters outside ASCII" in response.json()["error"]["detail"]
+
+
+@pytest.mark.parametrize("name", ["X-Patient-ID", "X-Order-ID"])
+def test_a_lis_id_sent_twice_is_422_not_one_of_them_chosen(lab_client, name: str) -> None:
+    response = post(lab_client, params={"format": "hl7"}, headers=[(name, "AAA"), (name, "BBB")])
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "repeated_header" and error["field"] == name.lower()
+    assert error["detail"] == f"{name} is sent 2 times; send it once"
+    assert "AAA" not in response.text and "BBB" not in response.text
 
 
 def test_the_fhir_answer_is_plain_json(lab_client) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Query
+from fastapi import Depends, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from app.lis import LisContext, fhir, hl7v2
@@ -21,8 +23,10 @@ from app.lis.negotiate import MEDIA_TYPES, ResponseFormat, choose_format
 from app.pipeline import ImageOutcome
 from app.schemas import ErrorResponse, Heatmap, ImageWarning, Prediction, SubtypeProbabilities
 
-# Printable, no controls: they are echoed into FHIR JSON and HL7 fields (escaped there too).
-_LIS_ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,64}$"
+# Printable ASCII: they are echoed into FHIR JSON and HL7 fields (escaped there too). HTTP headers
+# arrive as Latin-1, so UTF-8 text ("été") would be echoed garbled ("Ã©tÃ©"): refused instead.
+_LIS_ID_PATTERN = re.compile(r"[\x20-\x7e]{1,64}")
+_LIS_ID_SCHEMA = {"pattern": f"^{_LIS_ID_PATTERN.pattern}$", "maxLength": 64}  # checked in answer_format
 
 
 @dataclass(frozen=True)
@@ -33,21 +37,41 @@ class AnswerFormat:
 
 
 async def answer_format(
+    request: Request,
     format: Annotated[ResponseFormat | None, Query(
         description="Answer format: json (default), fhir (FHIR R4 DiagnosticReport) or hl7 (HL7 v2.5.1 ORU^R01). "
         "Wins over the Accept header."
     )] = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     x_patient_id: Annotated[str | None, Header(
-        max_length=64, pattern=_LIS_ID_PATTERN,
-        description="Patient identifier to echo in the FHIR subject / HL7 PID-3; never logged.",
+        json_schema_extra=_LIS_ID_SCHEMA,
+        description="Patient identifier to echo in the FHIR subject / HL7 PID-3 (1 to 64 printable ASCII "
+                    "characters, sent once); never logged.",
     )] = None,
     x_order_id: Annotated[str | None, Header(
-        max_length=64, pattern=_LIS_ID_PATTERN,
-        description="Order (placer) number to echo in FHIR basedOn / HL7 OBR-2; never logged.",
+        json_schema_extra=_LIS_ID_SCHEMA,
+        description="Order (placer) number to echo in FHIR basedOn / HL7 OBR-2 (1 to 64 printable ASCII "
+                    "characters, sent once); never logged.",
     )] = None,
 ) -> AnswerFormat:
+    for name in ("X-Patient-ID", "X-Order-ID"):
+        _check_lis_id(name, request.headers.getlist(name))
     return AnswerFormat(choose_format(format, accept), x_patient_id, x_order_id)
+
+
+def _check_lis_id(name: str, values: list[str]) -> None:
+    """One value of printable ASCII, 1 to 64 characters; the 422 never echoes what was sent."""
+    if len(values) > 1:  # FastAPI would keep one; an identifier must never be chosen for the sender
+        raise RequestValidationError([{"type": "repeated_header", "loc": ("header", name.lower()), "input": None,
+                                       "msg": f"{name} is sent {len(values)} times; send it once"}])
+    if values and not _LIS_ID_PATTERN.fullmatch(values[0]):
+        raise RequestValidationError([{
+            "type": "invalid_lis_id", "loc": ("header", name.lower()), "input": None,
+            "msg": f"{name} must be 1 to 64 printable ASCII characters (letters, digits, punctuation, spaces): "
+                   f"it is {len(values[0])} characters long" + ("" if values[0].isascii() else
+                   ", with characters outside ASCII, which an HTTP header does not carry reliably")
+                   + ("" if values[0].isprintable() else ", with control characters"),
+        }])
 
 
 AnswerFormatDep = Annotated[AnswerFormat, Depends(answer_format)]
