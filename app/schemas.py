@@ -160,6 +160,9 @@ _ERROR_EXAMPLES: list[tuple[int, str, str]] = [  # (status, code, detail); {fiel
     (422, "unexpected_field", "the field 'note' is not read by this endpoint; send the image(s) in '{field}' only"),
     (422, "unexpected_parameter", "'patient_id' is not a query parameter of this endpoint (it reads explain, format)"),
     (422, "repeated_parameter", "'format' is given more than once ('json', 'hl7'); send it once"),
+    (422, "repeated_header", "X-Patient-ID is sent 2 times; send it once"),
+    (422, "invalid_lis_id", "X-Patient-ID must be 1 to 64 printable ASCII characters (letters, digits, punctuation, "
+     "spaces): it is 65 characters long"),
     (422, "image_too_small", "the image is 24x24 pixels; its shorter side must be at least 32 (it is centre-cropped "
      "to a square and resized to 224x224); send the full microscope field, not a thumbnail"),
     (503, "model_not_ready", "the model is not loaded yet"),
