@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import base64
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,6 +139,13 @@ def test_unknown_model_is_404(client: TestClient, path: str) -> None:
         ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [7]}]}, "element 0 is not a base64 string"),
         ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["not base64!"]}]}, "element 0 is not valid base64"),
         ({**infer_body(b"x"), "outputs": [{"name": "logits"}]}, "unknown output 'logits'"),
+        ({**infer_body(b"x"), "ouputs": [{"name": "probabilities"}]}, "at ouputs: Extra inputs are not permitted"),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGk="], "foo": 1}]},
+         "at inputs.0.foo: Extra inputs are not permitted"),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": ["1"], "data": ["aGk="]}]},
+         "at inputs.0.shape.0: Input should be a valid integer"),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1.0], "data": ["aGk="]}]},
+         "at inputs.0.shape.0: Input should be a valid integer"),
     ],
 )
 def test_malformed_requests_are_400(client: TestClient, body: dict, words: str) -> None:
@@ -173,6 +182,13 @@ def test_asking_for_json_outputs_is_accepted(client: TestClient) -> None:
     response = client.post(INFER, json=body)
     assert response.status_code == 200, response.text
     assert response.json()["outputs"][0]["shape"] == [1, 4]
+
+
+def test_a_key_given_twice_is_400_not_the_last_one_kept(client: TestClient) -> None:
+    good = json.dumps(infer_body(images.solid(RED))["inputs"])
+    body = f'{{"inputs": [], "inputs": {good}}}'.encode()
+    response = client.post(INFER, content=body, headers={"content-type": "application/json"})
+    assert_v2_error(response, 400, "the key 'inputs' is given more than once in one JSON object")
 
 
 def test_a_body_that_is_not_json_is_400(client: TestClient) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
@@ -33,7 +34,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
 from app.api.deps import ClassifierDep, ServiceState, SettingsDep, StateDep, refuse_unknown_query
@@ -98,6 +99,11 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], route_class=V2Route)
 
 
+# A request's objects take only the protocol's fields, each of its own JSON type: a misspelt "ouputs" or
+# a "shape" of ["1"] is a 400, not ignored or converted (what a client sent is acted on or refused).
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
 class TensorMetadata(BaseModel):
     name: str
     datatype: str
@@ -115,6 +121,7 @@ class ModelMetadata(BaseModel):
 
 
 class RequestInput(BaseModel):
+    model_config = _STRICT
     name: str
     shape: list[int]
     datatype: str
@@ -123,11 +130,13 @@ class RequestInput(BaseModel):
 
 
 class RequestOutput(BaseModel):
+    model_config = _STRICT
     name: str
     parameters: dict[str, Any] | None = None
 
 
 class InferenceRequest(BaseModel):
+    model_config = _STRICT
     id: str | None = None
     parameters: dict[str, Any] | None = None
     inputs: list[RequestInput]
@@ -296,7 +305,13 @@ def infer(
 def parse_request(body: bytes) -> InferenceRequest:
     """The request object, with the one BYTES input and the outputs this model has."""
     try:
-        inference = InferenceRequest.model_validate_json(body)
+        document = json.loads(body, object_pairs_hook=_unique_keys)
+    except InferenceRequestError:
+        raise
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise InferenceRequestError(f"invalid inference request: the body is not JSON ({err})") from err
+    try:
+        inference = InferenceRequest.model_validate(document)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
@@ -312,6 +327,16 @@ def parse_request(body: bytes) -> InferenceRequest:
     for output in inference.outputs or []:
         _refuse_parameters(f"output {OUTPUT_NAME!r}", output.parameters, "binary_data")
     return inference
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once (a second "inputs" would silently win)."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        repeated = sorted({key for key, _ in pairs if sum(1 for k, _ in pairs if k == key) > 1})
+        raise InferenceRequestError(f"invalid inference request: the key {repeated[0]!r} is given more than once "
+                                    "in one JSON object")
+    return document
 
 
 def _refuse_parameters(where: str, parameters: dict[str, Any] | None, json_flag: str | None = None) -> None:
