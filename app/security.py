@@ -187,12 +187,17 @@ class ConfiguredCorsMiddleware:
             await self.app(scope, receive, send)
             return
         if self._cors is None:
+            from app.api.explain import PREDICTION_HEADERS  # the answer of /explain travels in them
+
             self._cors = CORSMiddleware(
                 self.app,
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type"],
-                expose_headers=["X-Request-ID", "Retry-After"],
+                # the LIS ids too: a page of the lab's that sends them would otherwise be refused
+                # at its preflight
+                allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type", "Accept",
+                               "X-Patient-ID", "X-Order-ID"],
+                expose_headers=["X-Request-ID", "Retry-After", *PREDICTION_HEADERS],
                 allow_credentials=False,  # keys travel in headers, never in cookies
             )
         await self._cors(scope, receive, send)

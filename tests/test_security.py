@@ -331,6 +331,9 @@ def test_cors_allows_only_the_configured_origins(tiny_model: Path) -> None:
         assert answer.status_code == 200
         assert answer.headers["access-control-allow-origin"] == "http://localhost:3000"
         assert "x-request-id" in answer.headers["access-control-expose-headers"].lower()
+        assert "x-dscnet-label" in answer.headers["access-control-expose-headers"].lower()  # /explain's answer
+        lis = client.options("/predict", headers={**PREFLIGHT, "Access-Control-Request-Headers": "x-patient-id, x-order-id"})
+        assert lis.status_code == 200
 
 
 @pytest.mark.parametrize("origin", ["lab.example.org", "https://lab.example.org/", "ftp://x", "https://a b"])
