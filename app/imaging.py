@@ -136,6 +136,11 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         ) from err
     except _PARSE_FAILURE as err:
         raise CorruptImageError(f"the image header is damaged: {err}") from err
+    if image.format == "MPO":  # Pillow's name for a JPEG that holds several pictures
+        raise UnsupportedImageError(
+            f"the JPEG holds {getattr(image, 'n_frames', 'several')} pictures (a multi-picture file, as some "
+            "cameras write); send one picture per file"
+        )
     if image.format not in SUPPORTED_FORMATS:
         raise UnsupportedImageError(
             f"{image.format} images are not accepted; send JPEG, PNG, TIFF, BMP or WebP"

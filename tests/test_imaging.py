@@ -141,6 +141,15 @@ def test_multi_page_tiff_is_refused():
         decode_image(data)
 
 
+def test_a_multi_picture_jpeg_is_refused_as_such():
+    # it was "MPO images are not accepted; send JPEG", to a sender whose file is a JPEG
+    pictures = [Image.new("RGB", (64, 64), (i * 90, 0, 0)) for i in range(2)]
+    data = encode(pictures[0], "MPO", save_all=True, append_images=pictures[1:])
+    assert data.startswith(b"\xff\xd8\xff")
+    with pytest.raises(UnsupportedImageError, match="the JPEG holds 2 pictures"):
+        decode_image(data)
+
+
 def test_truncated_jpeg_is_corrupt():
     data = encode(Image.fromarray(gradient(224, 224)), "JPEG", quality=90)
     with pytest.raises(CorruptImageError):
