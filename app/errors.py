@@ -170,6 +170,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, error: HTTPException) -> JSONResponse:
+        if request.url.path == "/v2" or request.url.path.startswith("/v2/"):
+            # an unknown path or method under the open inference protocol: its own error body
+            return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         body = error_content(error.status_code, code, str(error.detail), None, _request_id(request))
         return JSONResponse(body, status_code=error.status_code, headers=error.headers)

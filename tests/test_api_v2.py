@@ -184,6 +184,13 @@ def test_asking_for_json_outputs_is_accepted(client: TestClient) -> None:
     assert response.json()["outputs"][0]["shape"] == [1, 4]
 
 
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", INFER, 405), ("POST", "/v2/nope", 404), ("POST", "/v2/models/dscnet/versions/1/infer", 404)])
+def test_an_unknown_path_or_method_under_v2_has_the_protocol_error_body(client: TestClient, method: str,
+                                                                         path: str, status: int) -> None:
+    assert_v2_error(client.request(method, path), status, "")
+
+
 def test_a_key_given_twice_is_400_not_the_last_one_kept(client: TestClient) -> None:
     good = json.dumps(infer_body(images.solid(RED))["inputs"])
     body = f'{{"inputs": [], "inputs": {good}}}'.encode()
