@@ -246,6 +246,23 @@ def test_an_accept_we_cannot_produce_is_406_before_the_body_is_read(lab_client) 
     assert raw.status_code == 406
 
 
+@pytest.mark.parametrize(("path", "field", "accept", "media"), [
+    ("/predict-batch", "images", "application/fhir+json", "application/json"),
+    ("/predict-batch", "images", "text/html", "application/json"),
+    ("/explain", "image", "application/json", "image/png"),
+])
+def test_the_one_type_endpoints_answer_406_when_accept_rules_it_out(lab_client, path: str, field: str,
+                                                                    accept: str, media: str) -> None:
+    # they answered 200 in their one type whatever Accept said, where /predict answers 406
+    response = lab_client.post(path, files={field: ("smear.png", smear_png(), "image/png")}, headers={"Accept": accept})
+    assert response.status_code == 406 and response.json()["error"]["code"] == "not_acceptable"
+    assert response.json()["error"]["detail"].endswith(f"{path} answers {media} only")
+    for welcome in (media, "*/*", f"{media.split('/')[0]}/*, text/html;q=0.5"):
+        allowed = lab_client.post(path, files={field: ("smear.png", smear_png(), "image/png")},
+                                  headers={"Accept": welcome})
+        assert allowed.status_code == 200, (welcome, allowed.text)
+
+
 def test_an_unknown_format_is_422(lab_client) -> None:
     response = post(lab_client, params={"format": "xml"})
     assert response.status_code == 422 and response.json()["error"]["field"] == "format"

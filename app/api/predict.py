@@ -13,7 +13,7 @@ from collections import Counter
 from time import perf_counter
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -37,6 +37,7 @@ from app.api.formats import (
 )
 from app.classifier import OnnxClassifier
 from app.errors import status_for
+from app.lis.negotiate import require_acceptable
 from app.pipeline import BatchOutcome, classify_uploads
 from app.schemas import (
     BATCH_EXAMPLE,
@@ -67,6 +68,10 @@ def _upload_body(field: str, many: bool) -> dict[str, Any]:
 
 def _ok(example: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
     return {200: {"content": {"application/json": {"example": example}}}}
+
+
+async def accepts_json(accept: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
+    require_acceptable(accept, "application/json", "/predict-batch")
 
 
 @router.post(
@@ -111,11 +116,14 @@ async def predict(
     "/predict-batch",
     response_model=BatchPrediction,
     response_model_exclude_none=True,
-    responses={**_ok(BATCH_EXAMPLE), **error_responses("images")},
+    responses={**_ok(BATCH_EXAMPLE), **error_responses("images"),
+               406: {"description": "The Accept header rules out application/json, the one type of this answer."}},
     openapi_extra=_upload_body("images", many=True),
 )
 async def predict_batch(
-    request: Request, state: StateDep, classifier: ClassifierDep, settings: SettingsDep, uploads: BatchUploadsDep
+    request: Request, state: StateDep, classifier: ClassifierDep, settings: SettingsDep,
+    _accept: Annotated[None, Depends(accepts_json)],  # before the upload: a 406 is sent without reading the body
+    uploads: BatchUploadsDep,
 ) -> BatchPrediction:
     """Classify several images (field `images`, repeated) in one model run; results in the order sent."""
     outcome = await run_in_threadpool(

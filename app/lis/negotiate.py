@@ -55,6 +55,13 @@ def choose_format(query: ResponseFormat | None, accept: str | None) -> ResponseF
     return best
 
 
+def require_acceptable(accept: str | None, media: str, endpoint: str) -> None:
+    """For an endpoint with one answer type: NotAcceptableError when Accept rules it out (as /predict does)."""
+    ranges = _parse_accept(accept or "")
+    if ranges and _quality(media, ranges) <= 0.0:
+        raise NotAcceptableError(f"cannot answer in any type the Accept header allows; {endpoint} answers {media} only")
+
+
 def _parse_accept(header: str) -> list[tuple[str, str, float]]:
     """(type, subtype, q) per media range; malformed ranges are ignored."""
     ranges = []
