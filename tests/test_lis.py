@@ -149,6 +149,8 @@ def test_escape_covers_every_delimiter() -> None:
         (None, "", "json"),
         (None, "*/*", "json"),
         (None, "nonsense", "json"),  # malformed ranges are ignored, as if no Accept was sent
+        (None, "application/json;q=abc", "json"),  # a q that is no number too (it was read as q=0: 406)
+        (None, "application/json;q=nan, x-application/hl7-v2+er7;q=0.5", "hl7"),
         (None, "application/*", "json"),
         (None, "application/json", "json"),
         (None, "application/fhir+json", "fhir"),

@@ -13,6 +13,7 @@ json, then fhir, then hl7.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 ResponseFormat = Literal["json", "fhir", "hl7"]
@@ -70,16 +71,22 @@ def _parse_accept(header: str) -> list[tuple[str, str, float]]:
         if "/" not in media:
             continue
         kind, _, subtype = media.lower().partition("/")
-        q = 1.0
+        q: float | None = 1.0
         for param in params:
             name, _, value = param.partition("=")
             if name.strip().lower() == "q":
-                try:
-                    q = min(max(float(value), 0.0), 1.0)
-                except ValueError:
-                    q = 0.0
-        ranges.append((kind.strip(), subtype.strip(), q))
+                q = _weight(value)
+        if q is not None:  # a range whose q is not a number is malformed: ignored, not read as q=0
+            ranges.append((kind.strip(), subtype.strip(), q))
     return ranges
+
+
+def _weight(value: str) -> float | None:
+    try:
+        q = float(value)
+    except ValueError:
+        return None
+    return min(max(q, 0.0), 1.0) if math.isfinite(q) else None
 
 
 def _quality(media: str, ranges: list[tuple[str, str, float]]) -> float:
