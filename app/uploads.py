@@ -27,9 +27,11 @@ Exceptions (`reason` is the stable code in the error body, `field` the form fiel
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -167,6 +169,23 @@ async def read_uploads(
     return collector.uploads
 
 
+# RFC 6266 / 5987: filename*=charset'language'percent-encoded (python-multipart's parser drops it)
+_EXTENDED_FILENAME = re.compile(rb"""(?:^|;)\s*filename\*\s*=\s*([^;'\s]*)'[^']*'([^;\s]*)""", re.IGNORECASE)
+
+
+def _filename(disposition: bytes, options: dict[bytes, bytes]) -> str | None:
+    """The part's file name: `filename*` before `filename`, as RFC 6266 asks."""
+    extended = _EXTENDED_FILENAME.search(disposition)
+    if extended is not None:
+        charset, encoded = (group.decode("latin-1") for group in extended.groups())
+        try:
+            return unquote(encoded, encoding=charset or "utf-8", errors="replace")
+        except LookupError:  # a charset Python does not know: the plain name, if any
+            pass
+    filename = options.get(b"filename")
+    return filename.decode("utf-8", "replace") if filename is not None else None
+
+
 class _PartCollector:
     """python-multipart callbacks that keep the expected field's parts in memory."""
 
@@ -230,9 +249,8 @@ class _PartCollector:
                 f"more than {self.limits.max_files} files in the field {self.limits.field!r}",
                 self.limits.field,
             )
-        filename = options.get(b"filename")
-        name = filename.decode("utf-8", "replace")[:MAX_FILENAME_CHARS] if filename is not None else None
-        self._current = Upload(filename=name, data=b"")
+        name = _filename(self._disposition, options)
+        self._current = Upload(filename=name[:MAX_FILENAME_CHARS] if name is not None else None, data=b"")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         upload = self._current

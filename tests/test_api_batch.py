@@ -110,3 +110,20 @@ def test_batch_body_over_its_limit_is_413(limited_client: TestClient) -> None:
     response = post_batch(limited_client, files)  # but 57 kB > the 50 kB batch body limit
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_file_name_sent_as_filename_star_is_read(client: TestClient) -> None:
+    """RFC 6266 / 5987 names (how clients send non-ASCII ones) came back as null: the parser drops them."""
+    boundary = "b0undary"
+    parts = [
+        ("form-data; name=\"images\"; filename*=UTF-8''%C3%A9chantillon%201.png", images.solid((255, 0, 0))),
+        ("form-data; name=\"images\"; filename=\"fallback.png\"; filename*=utf-8'fr'%C3%A9t%C3%A9.png",
+         images.solid((0, 255, 0))),
+        ("form-data; name=\"images\"; filename=\"plain.png\"", images.solid((0, 0, 255))),
+    ]
+    body = b"".join(f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: image/png\r\n\r\n".encode()
+                    + data + b"\r\n" for disposition, data in parts) + f"--{boundary}--\r\n".encode()
+    response = client.post("/predict-batch", content=body,
+                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 200, response.text
+    assert [r["filename"] for r in response.json()["results"]] == ["échantillon 1.png", "été.png", "plain.png"]
