@@ -56,6 +56,12 @@ class MalformedUploadError(UploadError):
     reason = "malformed_multipart"
 
 
+class ClientDisconnectedError(MalformedUploadError):
+    """The client went away mid-upload: nobody reads the answer, but the log and metrics say what happened."""
+
+    reason = "client_disconnected"
+
+
 class MissingFieldError(UploadError):
     reason = "missing_field"
 

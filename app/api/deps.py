@@ -17,7 +17,7 @@ from app.errors import ModelNotReadyError
 from app.metrics import Metrics
 from app.security import AccessPolicy
 from app.settings import Settings
-from app.uploads import MalformedUploadError, Upload, UploadLimits, check_declared_size, read_uploads
+from app.uploads import ClientDisconnectedError, Upload, UploadLimits, check_declared_size, read_uploads
 
 # Room for the multipart boundaries and part headers around a single file at its limit.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -107,7 +107,7 @@ async def _read(request: Request, limits: UploadLimits) -> list[Upload]:
     try:
         return await read_uploads(request.stream(), boundary, limits)
     except ClientDisconnect as err:
-        raise MalformedUploadError("the client disconnected before the body was complete", limits.field) from err
+        raise ClientDisconnectedError("the client disconnected before the body was complete", limits.field) from err
 
 
 async def read_image_upload(request: Request, settings: SettingsDep) -> Upload:
