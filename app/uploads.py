@@ -256,7 +256,9 @@ class _PartCollector:
                 self.limits.field,
             )
         name = _filename(self._disposition, options)
-        self._current = Upload(filename=name[:MAX_FILENAME_CHARS] if name is not None else None, data=b"")
+        if name is not None and len(name) > MAX_FILENAME_CHARS:  # shortened, and seen to be: it ends in "…"
+            name = name[:MAX_FILENAME_CHARS - 1] + "\u2026"
+        self._current = Upload(filename=name, data=b"")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         upload = self._current

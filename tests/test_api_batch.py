@@ -127,3 +127,9 @@ def test_a_file_name_sent_as_filename_star_is_read(client: TestClient) -> None:
                            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert response.status_code == 200, response.text
     assert [r["filename"] for r in response.json()["results"]] == ["échantillon 1.png", "été.png", "plain.png"]
+
+
+def test_a_file_name_over_255_characters_comes_back_visibly_shortened(client: TestClient) -> None:
+    name = "s" * 300 + ".png"
+    results = post_batch(client, [(name, images.solid((255, 0, 0)))]).json()["results"]
+    assert results[0]["filename"] == "s" * 254 + "\u2026"
