@@ -198,6 +198,15 @@ def test_a_key_given_twice_is_400_not_the_last_one_kept(client: TestClient) -> N
     assert_v2_error(response, 400, "the key 'inputs' is given more than once in one JSON object")
 
 
+@pytest.mark.parametrize("depth", [1000, 20000])
+def test_json_nested_too_deeply_is_400_not_500(client: TestClient, depth: int) -> None:
+    body = b"[" * depth + b"]" * depth
+    response = client.post(INFER, content=body, headers={"content-type": "application/json"})
+    assert_v2_error(response, 400, "nested too deeply")
+    inner = b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ' + body + b"}]}"
+    assert_v2_error(client.post(INFER, content=inner, headers={"content-type": "application/json"}), 400, "nested")
+
+
 def test_a_body_that_is_not_json_is_400(client: TestClient) -> None:
     response = client.post(INFER, content=b"\x89PNG not json", headers={"content-type": "application/octet-stream"})
     assert_v2_error(response, 400, "invalid inference request")

@@ -308,6 +308,8 @@ def parse_request(body: bytes) -> InferenceRequest:
         document = json.loads(body, object_pairs_hook=_unique_keys)
     except InferenceRequestError:
         raise
+    except RecursionError as err:  # "[" * 1000: the decoder's stack, not the server, gives out
+        raise InferenceRequestError("invalid inference request: the JSON is nested too deeply") from err
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
         raise InferenceRequestError(f"invalid inference request: the body is not JSON ({err})") from err
     try:
