@@ -149,8 +149,6 @@ def test_escape_covers_every_delimiter() -> None:
         (None, "", "json"),
         (None, "*/*", "json"),
         (None, "nonsense", "json"),  # malformed ranges are ignored, as if no Accept was sent
-        (None, "application/json;q=abc", "json"),  # a q that is no number too (it was read as q=0: 406)
-        (None, "application/json;q=nan, x-application/hl7-v2+er7;q=0.5", "hl7"),
         (None, "application/*", "json"),
         (None, "application/json", "json"),
         (None, "application/fhir+json", "fhir"),
@@ -167,6 +165,14 @@ def test_escape_covers_every_delimiter() -> None:
 )
 def test_format_choice(query, accept, expected) -> None:
     assert choose_format(query, accept) == expected
+
+
+@pytest.mark.parametrize("accept", ["application/fhir+json;q=abc", "application/json;q=abc", "*/*;q=nan",
+                                    "x-application/hl7-v2+er7;q=-1", "application/json;q=2"])
+def test_a_q_that_is_not_a_number_from_0_to_1_is_refused_not_skipped(accept: str) -> None:
+    # skipped, a lone FHIR range with a bad q gave JSON without a word; read as q=0, a misleading 406
+    with pytest.raises(NotAcceptableError, match="is not a number from 0 to 1"):
+        choose_format(None, accept)
 
 
 @pytest.mark.parametrize("accept", ["text/html", "image/png", "application/json;q=0, application/*;q=0, */*;q=0"])

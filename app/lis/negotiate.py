@@ -64,29 +64,32 @@ def require_acceptable(accept: str | None, media: str, endpoint: str) -> None:
 
 
 def _parse_accept(header: str) -> list[tuple[str, str, float]]:
-    """(type, subtype, q) per media range; malformed ranges are ignored."""
+    """(type, subtype, q) per media range; a range without a "/" is ignored, a q outside 0..1 refused."""
     ranges = []
     for part in header.split(","):
         media, *params = (piece.strip() for piece in part.split(";"))
         if "/" not in media:
             continue
         kind, _, subtype = media.lower().partition("/")
-        q: float | None = 1.0
+        q = 1.0
         for param in params:
             name, _, value = param.partition("=")
             if name.strip().lower() == "q":
-                q = _weight(value)
-        if q is not None:  # a range whose q is not a number is malformed: ignored, not read as q=0
-            ranges.append((kind.strip(), subtype.strip(), q))
+                q = _weight(value, part.strip())
+        ranges.append((kind.strip(), subtype.strip(), q))
     return ranges
 
 
-def _weight(value: str) -> float | None:
+def _weight(value: str, media_range: str) -> float:
+    """A range's q, 0 to 1 (RFC 9110). Anything else is refused, neither clamped nor skipped: a client
+    whose only range was `application/fhir+json;q=abc` would otherwise get JSON, silently."""
     try:
         q = float(value)
     except ValueError:
-        return None
-    return min(max(q, 0.0), 1.0) if math.isfinite(q) else None
+        q = math.nan
+    if not 0.0 <= q <= 1.0:
+        raise NotAcceptableError(f"the Accept header's q={value.strip()} in {media_range!r} is not a number from 0 to 1")
+    return q
 
 
 def _quality(media: str, ranges: list[tuple[str, str, float]]) -> float:
