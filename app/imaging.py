@@ -34,7 +34,9 @@ Exceptions:
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 import warnings
 
 import numpy as np
@@ -46,6 +48,14 @@ SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "TIFF", "BMP", "WEBP"})
 #: file name suffixes of those formats (folders of images are read by them)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
 DEFAULT_MAX_PIXELS = 40_000_000  # a 7,000 x 5,700 camera frame; far above any smear photo
+# Decoding costs memory in proportion to the pixels (up to about 8 bytes a pixel at the peak, for
+# RGBA), and concurrent requests each under every limit add up: eight 6300 x 6300 RGBA PNGs of 170 KB
+# sent at once took 2.6 GB. Images of more pixels than this (JPEGs counted at their reduced decoding
+# scale) are decoded at most LARGE_DECODES at a time (eight such: +665 MB, was +2.6 GB), while 32 just
+# under the threshold, decoded at once, took +353 MB.
+LARGE_DECODE_PIXELS = 2_000_000
+LARGE_DECODES = 2
+_LARGE_DECODES = threading.BoundedSemaphore(LARGE_DECODES)
 # In the training images (224 x 224) a lymphocyte spans about 30-60 pixels: an image with a
 # shorter side under 32 pixels is an icon or thumbnail, not a field of cells. (A refusal, not a
 # change of the output for any accepted input: PREPROCESSING_VERSION stays.)
@@ -95,14 +105,17 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         # warning must not escape as an error where warnings are errors (found by fuzzing).
         warnings.simplefilter("ignore")
         image = _open(data, max_pixels)
-        try:
-            image = _apply_orientation(image)
-            rgb = _to_rgb(image)
-            return _square_resize(rgb)
-        except ImageDecodeError:
-            raise
-        except Exception as err:  # see _PARSE_FAILURE
-            raise CorruptImageError(f"the {image.format or 'image'} data is damaged or truncated: {err}") from err
+        large = image.width * image.height > LARGE_DECODE_PIXELS  # after JPEG's reduced-scale draft
+        with _LARGE_DECODES if large else contextlib.nullcontext():
+            _load(image)
+            try:
+                image = _apply_orientation(image)
+                rgb = _to_rgb(image)
+                return _square_resize(rgb)
+            except ImageDecodeError:
+                raise
+            except Exception as err:  # see _PARSE_FAILURE
+                raise CorruptImageError(f"the {image.format or 'image'} data is damaged or truncated: {err}") from err
 
 
 def claimed_format(data: bytes) -> str | None:
@@ -170,11 +183,14 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if image.format == "JPEG":
         # Decode at a reduced DCT scale, keeping at least twice the target size.
         image.draft(image.mode, (2 * IMAGE_SIZE, 2 * IMAGE_SIZE))
+    return image
+
+
+def _load(image: Image.Image) -> None:
     try:
         image.load()
     except _PARSE_FAILURE as err:
         raise CorruptImageError(f"the {image.format} data is damaged or truncated: {err}") from err
-    return image
 
 
 def _apply_orientation(image: Image.Image) -> Image.Image:

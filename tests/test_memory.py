@@ -74,3 +74,50 @@ def test_a_large_16_bit_grey_image_is_scaled_in_bands_not_in_whole_image_float_c
         tracemalloc.stop()
     assert pixels.shape == (224, 224, 3) and int(pixels[0, 0, 0]) == round(40000 / 257)
     assert peak < 32 * 2**20  # numpy's allocations: the 8-bit result (9 MB) and a band, not 72 MB copies
+
+
+def test_large_images_are_decoded_at_most_two_at_a_time_small_ones_freely(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight 40-megapixel RGBA PNGs sent at once took 2.6 GB, each one under every limit."""
+    import io
+    import threading
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    from app import imaging
+
+    inside, most = 0, 0
+    lock = threading.Lock()
+    convert = imaging._to_rgb
+
+    def slow_convert(image):
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.1)
+        with lock:
+            inside -= 1
+        return convert(image)
+
+    monkeypatch.setattr(imaging, "_to_rgb", slow_convert)
+
+    def png(width: int, height: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((height, width, 4), 200, dtype=np.uint8), "RGBA").save(buffer, "PNG")
+        return buffer.getvalue()
+
+    def most_at_once(data: bytes) -> int:
+        nonlocal most
+        most = 0
+        threads = [threading.Thread(target=imaging.decode_image, args=(data,)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return most
+
+    assert imaging.LARGE_DECODES == 2 and imaging.LARGE_DECODE_PIXELS == 2_000_000
+    assert most_at_once(png(2000, 1200)) == 2  # 2.4 megapixels
+    assert most_at_once(png(1000, 1000)) > 2
