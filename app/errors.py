@@ -132,6 +132,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # Raised while reading the body, before a route could count it (image errors are
         # counted by the route that decoded them).
         app.state.service.metrics.rejected.labels(error.reason).inc()
+        getattr(request.state, "log", {}).update(rejected={error.reason: 1})  # the access log says why, as the metric
         return error_response(request, error, error.field)
 
     @app.exception_handler(ImageDecodeError)

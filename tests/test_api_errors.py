@@ -278,7 +278,9 @@ def test_the_query_parameters_an_endpoint_reads_still_work(client: TestClient) -
     assert v2.status_code == 400 and "'verbose' is not a query parameter" in v2.json()["error"]
 
 
-def test_a_client_gone_mid_upload_is_counted_as_such_not_as_a_malformed_body(client: TestClient) -> None:
+def test_a_client_gone_mid_upload_is_counted_as_such_not_as_a_malformed_body(client: TestClient, caplog) -> None:
+    import logging
+
     from helpers_asgi import MULTIPART, PART_START, asgi_post
 
     chunks = [{"type": "http.request", "body": PART_START, "more_body": True}, {"type": "http.disconnect"}]
@@ -286,7 +288,10 @@ def test_a_client_gone_mid_upload_is_counted_as_such_not_as_a_malformed_body(cli
     async def receive() -> dict:
         return chunks.pop(0) if chunks else {"type": "http.disconnect"}
 
-    asgi_post(client, "/predict", [(b"content-type", MULTIPART)], receive)
+    with caplog.at_level(logging.INFO, logger="dscnet.access"):
+        asgi_post(client, "/predict", [(b"content-type", MULTIPART)], receive)
+    (line,) = [r for r in caplog.records if r.name == "dscnet.access"]
+    assert line.fields["rejected"] == {"client_disconnected": 1}
     metrics = client.get("/metrics").text
     assert 'dscnet_images_rejected_total{reason="client_disconnected"} 1.0' in metrics
     assert 'reason="malformed_multipart"' not in metrics
