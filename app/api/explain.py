@@ -7,18 +7,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from app.api.deps import (
-    ClassifierDep,
-    ImageUploadDep,
-    SettingsDep,
-    StateDep,
-    refuse_unknown_query,
-)
-from app.api.formats import NO_EXPLANATION
-from app.lis.negotiate import require_acceptable
+from app.api.deps import ClassifierDep, ImageUploadDep, SettingsDep, StateDep, refuse_unknown_query
+from app.api.formats import NO_EXPLANATION, only_type
 from app.pipeline import classify_uploads
 from app.schemas import error_responses
 
@@ -35,15 +28,14 @@ PREDICTION_HEADERS = {
 }
 
 
-def accepts_png(accept: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
-    require_acceptable(accept, "image/png", "/explain")
+ACCEPTS_PNG, ONLY_PNG = only_type("image/png", "/explain")
 
 
 @router.post(
     "/explain",
     response_class=Response,
     responses={
-        406: {"description": "The Accept header rules out image/png, the one type of this answer."},
+        **ONLY_PNG,
         200: {
             "description": "The heatmap overlay; the prediction is in the X-DSCNet-* headers.",
             "content": {"image/png": {"schema": {"type": "string", "format": "binary"}, "example": _PNG_EXAMPLE}},
@@ -60,7 +52,7 @@ def accepts_png(accept: Annotated[str | None, Header(include_in_schema=False)] =
 )
 def explain(
     request: Request, state: StateDep, classifier: ClassifierDep, settings: SettingsDep,
-    _accept: Annotated[None, Depends(accepts_png)],  # before the upload: a 406 is sent without reading the body
+    _accept: Annotated[None, ACCEPTS_PNG],  # before the upload: a 406 is sent without reading the body
     upload: ImageUploadDep,
 ) -> Response:
     """Heatmap of where the model found evidence for the class it predicts, over the 224x224 input (PNG)."""

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from app.lis import LisContext, fhir, hl7v2
-from app.lis.negotiate import MEDIA_TYPES, ResponseFormat, choose_format
+from app.lis.negotiate import MEDIA_TYPES, ResponseFormat, choose_format, require_acceptable
 from app.pipeline import ImageOutcome
 from app.schemas import ErrorResponse, Heatmap, ImageWarning, Prediction, SubtypeProbabilities
 
@@ -75,6 +75,16 @@ def _check_lis_id(name: str, values: list[str]) -> None:
 
 
 AnswerFormatDep = Annotated[AnswerFormat, Depends(answer_format)]
+
+
+def only_type(media: str, endpoint: str) -> tuple[Any, dict[int | str, dict[str, Any]]]:
+    """For an endpoint with one answer type: the dependency that answers 406 when Accept rules it
+    out (list it before the upload, so the body is not read), and its OpenAPI response."""
+
+    async def dependency(accept: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
+        require_acceptable(accept, media, endpoint)
+
+    return Depends(dependency), {406: {"description": f"The Accept header rules out {media}, the one type of this answer."}}
 
 
 def outcome_fields(item: ImageOutcome) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections import Counter
 from time import perf_counter
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -32,12 +32,12 @@ from app.api.formats import (
     NOT_ACCEPTABLE,
     AnswerFormatDep,
     heatmap,
+    only_type,
     outcome_fields,
     render,
 )
 from app.classifier import OnnxClassifier
 from app.errors import status_for
-from app.lis.negotiate import require_acceptable
 from app.pipeline import BatchOutcome, classify_uploads
 from app.schemas import (
     BATCH_EXAMPLE,
@@ -70,8 +70,7 @@ def _ok(example: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
     return {200: {"content": {"application/json": {"example": example}}}}
 
 
-async def accepts_json(accept: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
-    require_acceptable(accept, "application/json", "/predict-batch")
+ACCEPTS_JSON, ONLY_JSON = only_type("application/json", "/predict-batch")
 
 
 @router.post(
@@ -116,13 +115,12 @@ async def predict(
     "/predict-batch",
     response_model=BatchPrediction,
     response_model_exclude_none=True,
-    responses={**_ok(BATCH_EXAMPLE), **error_responses("images"),
-               406: {"description": "The Accept header rules out application/json, the one type of this answer."}},
+    responses={**_ok(BATCH_EXAMPLE), **error_responses("images"), **ONLY_JSON},
     openapi_extra=_upload_body("images", many=True),
 )
 async def predict_batch(
     request: Request, state: StateDep, classifier: ClassifierDep, settings: SettingsDep,
-    _accept: Annotated[None, Depends(accepts_json)],  # before the upload: a 406 is sent without reading the body
+    _accept: Annotated[None, ACCEPTS_JSON],  # before the upload: a 406 is sent without reading the body
     uploads: BatchUploadsDep,
 ) -> BatchPrediction:
     """Classify several images (field `images`, repeated) in one model run; results in the order sent."""
