@@ -219,11 +219,17 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _row_bands(image: Image.Image):
+    """(top, bottom, the image's rows top..bottom) for `_BAND_ROWS` rows at a time."""
+    for top in range(0, image.height, _BAND_ROWS):
+        bottom = min(top + _BAND_ROWS, image.height)
+        yield top, bottom, image.crop((0, top, image.width, bottom))
+
+
 def _by_bands(image: Image.Image, mode: str, convert) -> Image.Image:
     """`convert` (a pointwise conversion) applied to `_BAND_ROWS` rows at a time."""
     result = Image.new(mode, image.size)
-    for top in range(0, image.height, _BAND_ROWS):
-        band = image.crop((0, top, image.width, min(top + _BAND_ROWS, image.height)))
+    for top, _, band in _row_bands(image):
         result.paste(convert(band), (0, top))
     return result
 
@@ -234,15 +240,13 @@ def _over_white(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def _grey_bands(image: Image.Image):
-    for top in range(0, image.height, _BAND_ROWS):
-        bottom = min(top + _BAND_ROWS, image.height)
-        yield top, bottom, np.asarray(image.crop((0, top, image.width, bottom)), dtype=np.float64)
-
-
 def _wide_grey_to_grey(image: Image.Image) -> Image.Image:
     """Scale 16-bit, 32-bit integer or float grey to 8 bits by its bit depth, not by clipping."""
-    peaks = np.array([(np.nanmax(values), values.max()) for _, _, values in _grey_bands(image)])
+    peaks = []  # per band: the highest value not NaN, and the highest (NaN where any is)
+    for _, _, band in _row_bands(image):
+        values = np.asarray(band, dtype=np.float64)
+        peaks.append((np.nanmax(values), values.max()))
+    peaks = np.array(peaks)
     highest = np.nanmax(peaks[:, 0])  # NaN only where every value is
     maximum = peaks[:, 1].max()  # NaN where any value is
     if image.mode == "F" and float(highest) <= 1.0:
@@ -252,7 +256,8 @@ def _wide_grey_to_grey(image: Image.Image) -> Image.Image:
     else:
         times, over = 1.0, 16843009.0  # 2**32 - 1 -> 255
     grey = np.empty((image.height, image.width), dtype=np.uint8)
-    for top, bottom, values in _grey_bands(image):
+    for top, bottom, band in _row_bands(image):
+        values = np.asarray(band, dtype=np.float64)
         grey[top:bottom] = np.clip(np.nan_to_num(values * times / over), 0, 255).round()
     return Image.fromarray(grey, mode="L")
 

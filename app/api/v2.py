@@ -333,11 +333,12 @@ def parse_request(body: bytes) -> InferenceRequest:
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object whose keys are each given once (a second "inputs" would silently win)."""
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        repeated = sorted({key for key, _ in pairs if sum(1 for k, _ in pairs if k == key) > 1})
-        raise InferenceRequestError(f"invalid inference request: the key {repeated[0]!r} is given more than once "
-                                    "in one JSON object")
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise InferenceRequestError(f"invalid inference request: the key {key!r} is given more than once "
+                                        "in one JSON object")
+        document[key] = value
     return document
 
 
