@@ -55,7 +55,6 @@ def test_a_failed_image_does_not_hold_its_request_in_a_reference_cycle(tiny_mode
 
 def test_a_large_16_bit_grey_image_is_scaled_in_bands_not_in_whole_image_float_copies() -> None:
     """A 77 KB PNG of 6300 x 6300 16-bit grey once took 1.4 GB while its float64 copies were made."""
-    import io
     import tracemalloc
 
     import numpy as np
@@ -64,11 +63,10 @@ def test_a_large_16_bit_grey_image_is_scaled_in_bands_not_in_whole_image_float_c
     from app.imaging import decode_image
 
     side = 3000  # 9 Mpx: 72 MB for one whole-image float64 copy
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((side, side), 40000, dtype=np.uint16)).save(buffer, "PNG")
+    data = images.encode(Image.fromarray(np.full((side, side), 40000, dtype=np.uint16)), "PNG")
     tracemalloc.start()
     try:
-        pixels = decode_image(buffer.getvalue())
+        pixels = decode_image(data)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -78,7 +76,6 @@ def test_a_large_16_bit_grey_image_is_scaled_in_bands_not_in_whole_image_float_c
 
 def test_large_images_are_decoded_at_most_two_at_a_time_small_ones_freely(monkeypatch: pytest.MonkeyPatch) -> None:
     """Eight 40-megapixel RGBA PNGs sent at once took 2.6 GB, each one under every limit."""
-    import io
     import threading
     import time
 
@@ -104,9 +101,7 @@ def test_large_images_are_decoded_at_most_two_at_a_time_small_ones_freely(monkey
     monkeypatch.setattr(imaging, "_to_rgb", slow_convert)
 
     def png(width: int, height: int) -> bytes:
-        buffer = io.BytesIO()
-        Image.fromarray(np.full((height, width, 4), 200, dtype=np.uint8), "RGBA").save(buffer, "PNG")
-        return buffer.getvalue()
+        return images.encode(Image.fromarray(np.full((height, width, 4), 200, dtype=np.uint8), "RGBA"), "PNG")
 
     def most_at_once(data: bytes) -> int:
         nonlocal most
